@@ -1,0 +1,37 @@
+"""Device choice and mixed precision, in one place.
+
+The rule the whole project follows: use CUDA if present, else Apple's MPS, else the CPU; on CUDA run
+the forward pass under bf16 autocast (weights and optimizer state stay float32); elsewhere run float32.
+"""
+
+import contextlib
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def pick_device(requested="auto"):
+    """Return a torch.device: `requested`, or for "auto" the first of cuda, mps, cpu that is available."""
+    if requested not in DEVICES:
+        raise ValueError(f"device={requested!r}: choose one of {list(DEVICES)}")
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch.cuda.is_available() is False")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was requested but torch.backends.mps.is_available() is False")
+    return torch.device(requested)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (Ampere or newer keeps float32's exponent range, so no loss scaling is
+    needed); a no-op context elsewhere, so CPU results are exact float32 and reproducible."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

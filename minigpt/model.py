@@ -1,0 +1,232 @@
+"""MiniGPT: a GPT-2-compatible decoder-only transformer in plain PyTorch.
+
+Module names are exactly GPT-2's (transformer.wte, transformer.h.0.attn.c_attn, ...), so real GPT-2
+weights load with a transpose of the Conv1D matrices and LoRA targets/adapter keys line up with PEFT's.
+Unlike GPT-2's Conv1D, every projection here is an nn.Linear, so its weight is (d_out, d_in).
+
+Shape legend:
+    B  batch size            T  sequence length (<= block_size)
+    C  n_embd                nh n_head            hs head size = C // nh
+    V  vocab_size
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary; 256 for the byte-level tokenizer
+    block_size: int = 1024   # longest context the position table covers
+    n_layer: int = 12        # transformer blocks
+    n_head: int = 12         # attention heads per block
+    n_embd: int = 768        # residual stream width C
+    dropout: float = 0.0     # on attention probabilities and residual branches; 0 for fine-tuning
+    bias: bool = True        # biases in Linear and LayerNorm layers, as in GPT-2
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name}={value!r}: must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout={self.dropout!r}: must be in [0, 1)")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A preset from PRESETS with some fields overridden, e.g. from_preset("gpt2", block_size=256)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(overrides) - known)
+        if bad:
+            raise ValueError(f"unknown GPTConfig field(s) {bad}; fields are {sorted(known)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS = {
+    # the GPT-2 family (Radford et al., 2019): 124M, 350M, 774M, 1558M parameters
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
+    # nanoGPT's documented laptop-CPU character model (4 layers, 4 heads, 128 wide, block 64)
+    "cpu-char": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=256, block_size=64),
+    # the offline base of the fine-tuning course: byte-level, small enough to pretrain in minutes on a CPU
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, vocab_size=256, block_size=128),
+    # for unit tests
+    "test": dict(n_layer=2, n_head=2, n_embd=16, vocab_size=64, block_size=16),
+}
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v fused, as in GPT-2
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # softmax(q k^T / sqrt(hs) + causal mask) v, fused; (B, nh, T, hs) -> (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)  # (B, T, C) -> (B, T, 4C)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)  # (B, T, 4C) -> (B, T, C)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (Press & Wolf, 2017), as in GPT-2: the output head reuses the token embedding
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two of them to the stream
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self):
+        """Number of distinct parameters (the tied lm_head/wte matrix counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def set_gradient_checkpointing(self, enabled=True):
+        self.gradient_checkpointing = bool(enabled)
+        return self
+
+    def forward(self, idx, targets=None):
+        """(B, T) token ids -> (logits (B, T, V), mean cross-entropy or None).
+
+        Targets equal to -1 are ignored by the loss (padding, or positions with no next token).
+        """
+        self._check_ids(idx, "idx")
+        B, T = idx.shape
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) -> (B, T, V)
+        if targets is None:
+            return logits, None
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
+        # the loss is computed in float32 even when the forward ran under bf16 autocast
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def _check_ids(self, idx, name):
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
+            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"{name} must be a (B, T) tensor of int64 token ids, got {got}")
+        T, V = idx.size(1), self.config.vocab_size
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        if idx.numel():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= V:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {V})")
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+        """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + max_new_tokens).
+
+        temperature 0 means greedy decoding; top_k keeps only the k most likely tokens. Pass a
+        torch.Generator (on idx's device) for a reproducible sample. The model is put in eval mode
+        for the call and returned to its previous mode afterwards.
+        """
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a non-negative integer")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature!r}: must be >= 0 (0 means greedy)")
+        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
+            raise ValueError(f"top_k={top_k!r}: must be None or a positive integer")
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                context = idx[:, -self.config.block_size:]  # crop to the position table
+                logits, _ = self(context)
+                logits = logits[:, -1, :].float()  # (B, V): only the last position predicts the next token
+                if temperature == 0:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    probs = F.softmax(logits, dim=-1)
+                    nxt = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+                idx = torch.cat((idx, nxt), dim=1)
+        finally:
+            self.train(was_training)
+        return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, **kwargs):
+        """Load GPT-2 weights: a local directory (config.json + model.safetensors) or a GPT-2 name.
+
+        See minigpt.pretrained.load_pretrained for the details and keyword arguments.
+        """
+        from minigpt.pretrained import load_pretrained  # local import: pretrained imports this module
+
+        return load_pretrained(name_or_dir, **kwargs)
