@@ -230,3 +230,9 @@ class GPT(nn.Module):
         from minigpt.pretrained import load_pretrained  # local import: pretrained imports this module
 
         return load_pretrained(name_or_dir, **kwargs)
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors in Hugging Face GPT-2's layout (minigpt.pretrained.save_pretrained)."""
+        from minigpt.pretrained import save_pretrained  # local import: pretrained imports this module
+
+        return save_pretrained(self, directory)

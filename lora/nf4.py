@@ -1,0 +1,273 @@
+"""4-bit NormalFloat (NF4) blockwise quantisation, QLoRA (Dettmers et al., 2023) §3, in plain torch.
+
+A weight tensor is cut into blocks of `blocksize` (64) values. Each block is divided by its absmax,
+so it lies in [-1, 1], and each value becomes the index (0..15) of the nearest of 16 levels that are
+quantiles of N(0, 1). Two indices share a byte. Dequantising is a table lookup times the absmax:
+
+    code = argmin_j |w / absmax − level_j|       ŵ = level[code] · absmax
+
+The bytes and absmax equal bitsandbytes' `quantize_4bit(w, quant_type="nf4")` on the same input
+(checked against a committed fixture made with bitsandbytes 0.50.2).
+
+Shape legend:
+    n     numel of the original weight          bs  blocksize (64)
+    nb    blocks = ceil(n / bs)                 nq  second-level blocks = ceil(nb / 256)
+"""
+
+import dataclasses
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+from lora.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize, num_dq_blocks
+
+DEFAULT_CHUNK = 2**22  # weights quantised per step: bounds the temporaries (about 16 bytes per weight)
+
+
+def nf4_offset():
+    """The outermost quantile position, 0.9677083 (the value bitsandbytes' create_normal_map uses).
+
+    The levels are quantiles Φ⁻¹(p) of N(0, 1) and Φ⁻¹(1) = ∞, so the outermost one needs p < 1.
+    Splitting [0, 1] into n equal-probability bins and taking the centre of the last gives
+    p = 1 − 1/(2n). NF4 sits between two counts: 16 levels, but 15 distinct-probability steps once the
+    two halves share their zero. bitsandbytes takes the mean of the two positions,
+    ((1 − 1/30) + (1 − 1/32)) / 2 = 0.96770833…, written with 7 decimals. We round the same way: the
+    levels hang on this number to the last float32 bit (the unrounded value moves them by up to 8 ulps).
+    """
+    return round(((1 - 1 / (2 * 15)) + (1 - 1 / (2 * 16))) / 2, 7)
+
+
+def nf4_codebook():
+    """The 16 NF4 levels, float32, ascending, with exactly -1, 0 and 1 (QLoRA §3, "4-bit NormalFloat").
+
+    Symmetric quantiles of N(0, 1) have no exact zero, yet zero (padding, pruned weights) must be
+    exact. So the two halves are built separately: 8 positive quantiles at probabilities
+    linspace(offset, 0.5, 9)[:-1] and 7 negative ones at linspace(offset, 0.5, 8)[:-1] (negated),
+    joined at 0 and divided by the largest, which maps both ends to ±1. The positive half gets the
+    extra level, hence the asymmetry. Each step follows bitsandbytes' create_normal_map so the result is
+    bit-identical to its table: probabilities in float32, Φ⁻¹ in float64, rounded to float32, then
+    normalised in float32.
+    """
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+    positive = normal.icdf(torch.linspace(nf4_offset(), 0.5, 9)[:-1].double()).float()   # 8 levels > 0
+    negative = -normal.icdf(torch.linspace(nf4_offset(), 0.5, 8)[:-1].double()).float()  # 7 levels < 0
+    levels = torch.cat([negative, torch.zeros(1), positive]).sort().values
+    return levels / levels.max()
+
+
+_CODEBOOK = nf4_codebook()
+_MIDPOINTS = (_CODEBOOK[:-1] + _CODEBOOK[1:]) / 2  # (15,) decision boundaries, float32 as bitsandbytes
+
+
+def check_blocksize(blocksize):
+    """Raise ValueError unless `blocksize` is a positive even integer (a block must end on a byte)."""
+    if not isinstance(blocksize, numbers.Integral) or isinstance(blocksize, bool) or blocksize <= 0 or blocksize % 2:
+        raise ValueError(f"blocksize={blocksize!r}: must be a positive even integer, e.g. 64")
+
+
+def _check_weight(weight):
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise ValueError(f"weight dtype {weight.dtype} is not floating point; NF4 quantises float tensors")
+    if weight.numel() == 0:
+        raise ValueError(f"weight of shape {tuple(weight.shape)} is empty; nothing to quantise")
+    finite = torch.isfinite(weight)
+    if not finite.all():
+        bad = weight.detach().reshape(-1)[~finite.reshape(-1)]
+        raise ValueError(f"weight has {bad.numel()} non-finite values (first: {bad[0].item()}); NaN and inf cannot be scaled")
+
+
+def _as_blocks(flat, blocksize):
+    """(n,) -> (nb, bs), zero-padded; zeros never raise a block's absmax."""
+    pad = (-flat.numel()) % blocksize
+    return (F.pad(flat, (0, pad)) if pad else flat).view(-1, blocksize)
+
+
+def block_absmax(weight, blocksize=64):
+    """absmax_b = max over block b of |w|: (any shape, n values) -> (nb,) float32 (QLoRA §3, Eq. 1)."""
+    check_blocksize(blocksize)
+    return _as_blocks(weight.detach().reshape(-1).float(), blocksize).abs().amax(dim=1)
+
+
+def pack_nibbles(codes):
+    """[a, b, c, d] -> [a·16 + b, c·16 + d]: two 4-bit codes per byte, the first in the HIGH nibble.
+
+    The order is bitsandbytes'. `codes` is an even-length integer tensor with values in [0, 16);
+    returns uint8 of half the length.
+    """
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.numel() % 2:
+        raise ValueError(f"codes must be an even-length integer tensor, got {codes.dtype} with {codes.numel()} elements")
+    codes = codes.reshape(-1)
+    return ((codes[0::2] << 4) | codes[1::2]).to(torch.uint8)
+
+
+def unpack_nibbles(packed):
+    """[ab, cd] -> [a, b, c, d], the inverse of `pack_nibbles`: uint8 (m,) -> uint8 (2m,)."""
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"packed codes must be uint8, got {packed.dtype}")
+    return torch.stack([packed.reshape(-1) >> 4, packed.reshape(-1) & 0xF], dim=1).reshape(-1)  # (m, 2) -> (2m,)
+
+
+def nearest_level(scaled):
+    """Index of the nearest NF4 level for values in [-1, 1]: bucketize against the 15 midpoints.
+
+    A value exactly on a midpoint goes to the LOWER level (bucketize's right=False counts the boundaries
+    strictly below it), which is what bitsandbytes' kernels do (`x > midpoint` picks the upper one).
+    """
+    return torch.bucketize(scaled, _MIDPOINTS.to(scaled.device), out_int32=True)
+
+
+def _codes_for_blocks(blocks, absmax, last_is_partial):
+    """(c, bs) float32 blocks and their (c,) absmax -> (c·bs,) int32 codes.
+
+    Scaling multiplies by the float32 reciprocal 1/absmax, as bitsandbytes' CUDA kernel and its torch
+    reference do. The torch reference (its CPU path) divides instead for the final, partial block;
+    x·(1/a) and x/a can differ by one ulp, which moves a code only for a value on a midpoint, but we
+    copy that too so every byte matches. An absmax below 1e-38 is clamped as bitsandbytes does, so an
+    all-zero block scales to zeros (code 7, level 0.0) instead of 0/0.
+    """
+    safe = absmax.clamp(min=1e-38)
+    scaled = blocks * (1.0 / safe)[:, None]                    # (c, bs) in [-1, 1]
+    if last_is_partial:
+        scaled[-1] = blocks[-1] / safe[-1]
+    return nearest_level(scaled).reshape(-1)
+
+
+@dataclasses.dataclass
+class NF4Weight:
+    """A weight quantised to NF4: the stored tensors plus what is needed to rebuild it.
+
+    Without double quantisation `absmax` holds the scales; with it `absmax` is None and the scales
+    are `absmax_q`, `absmax_scale` and `absmax_mean` (see lora.double_quant).
+    """
+
+    packed: torch.Tensor                       # (ceil(n/2),) uint8, two codes per byte, first in the high nibble
+    absmax: torch.Tensor | None                # (nb,) float32, or None when double-quantised
+    absmax_q: torch.Tensor | None              # (nb,) int8: round(127·(absmax − mean)/scale)
+    absmax_scale: torch.Tensor | None          # (nq,) float32, max |absmax − mean| per 256 constants
+    absmax_mean: torch.Tensor | None           # (1,) float32, the mean of absmax
+    shape: tuple                               # original shape
+    dtype: torch.dtype                         # original dtype, restored by dequantize_nf4
+    blocksize: int = 64
+    dq_blocksize: int = DQ_BLOCKSIZE
+
+    @property
+    def double_quant(self):
+        return self.absmax_q is not None
+
+    @property
+    def numel(self):
+        return math.prod(self.shape)
+
+    def tensors(self):
+        """{name: tensor} of everything stored (None fields left out): what storage is counted from."""
+        names = ("packed", "absmax", "absmax_q", "absmax_scale", "absmax_mean")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CHUNK):
+    """Quantise a float tensor to NF4 with per-block absmax (QLoRA §3).
+
+    Args:
+        weight: a non-empty, finite floating-point tensor of any shape; it is rounded to float32 first
+            (as bitsandbytes does), so float64 inputs lose their extra bits before quantisation.
+        blocksize: weights per absmax, a positive even integer (64 in QLoRA).
+        double_quant: also quantise the absmax constants to int8 in blocks of 256 (QLoRA §3).
+        chunk_size: weights processed per step, a multiple of `blocksize`; it bounds memory and never
+            changes the result, since every block is quantised on its own.
+    Returns:
+        NF4Weight. Its bytes and absmax equal bitsandbytes' quantize_4bit(weight, blocksize, "nf4").
+    Raises:
+        ValueError: non-tensor, non-float, empty or non-finite weight; bad blocksize or chunk_size.
+    """
+    check_blocksize(blocksize)
+    _check_weight(weight)
+    if not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0 or chunk_size % blocksize:
+        raise ValueError(f"chunk_size={chunk_size!r}: must be a positive multiple of blocksize={blocksize}")
+    n = weight.numel()
+    blocks = _as_blocks(weight.detach().reshape(-1), blocksize)  # (nb, bs), original dtype
+    nb, step = blocks.shape[0], chunk_size // blocksize
+    absmax = torch.empty(nb, dtype=torch.float32, device=weight.device)
+    packed = torch.empty(nb * blocksize // 2, dtype=torch.uint8, device=weight.device)
+    for start in range(0, nb, step):  # a loop over chunks of blocks, not elements
+        stop = min(start + step, nb)
+        chunk = blocks[start:stop].float()                     # (c, bs)
+        absmax[start:stop] = chunk.abs().amax(dim=1)
+        codes = _codes_for_blocks(chunk, absmax[start:stop], stop == nb and n % blocksize != 0)
+        packed[start * blocksize // 2 : stop * blocksize // 2] = pack_nibbles(codes)
+    packed = packed[: (n + 1) // 2].clone()  # drop the padding bytes, keep a padding nibble for odd n (code 7)
+    fields = dict(absmax=absmax, absmax_q=None, absmax_scale=None, absmax_mean=None)
+    if double_quant:
+        q, scale, mean = double_quantize(absmax, DQ_BLOCKSIZE)
+        fields = dict(absmax=None, absmax_q=q, absmax_scale=scale, absmax_mean=mean)
+    return NF4Weight(packed=packed, shape=tuple(weight.shape), dtype=weight.dtype, blocksize=blocksize, **fields)
+
+
+def _require(cond, message):
+    if not cond:
+        raise ValueError(f"inconsistent NF4Weight: {message}")
+
+
+def _check_consistent(q):
+    """Check that the stored tensors fit the recorded shape and blocksize (catches tampered objects)."""
+    check_blocksize(q.blocksize)
+    _require(all(isinstance(d, numbers.Integral) and d >= 0 for d in q.shape) and q.numel > 0,
+             f"shape={q.shape!r} must be a tuple of sizes with at least one element")
+    _require(isinstance(q.dtype, torch.dtype) and q.dtype.is_floating_point, f"dtype={q.dtype!r} is not a float dtype")
+    n, nb = q.numel, math.ceil(q.numel / q.blocksize)
+    _require(q.packed.dtype == torch.uint8 and q.packed.numel() == (n + 1) // 2,
+             f"packed has {q.packed.numel()} {q.packed.dtype} values; shape {q.shape} needs {(n + 1) // 2} uint8")
+    if not q.double_quant:
+        _require(q.absmax is not None and q.absmax.dtype == torch.float32 and q.absmax.numel() == nb,
+                 f"absmax must be {nb} float32 values (one per block of {q.blocksize}), got "
+                 f"{None if q.absmax is None else (q.absmax.numel(), q.absmax.dtype)}")
+        return
+    nq = num_dq_blocks(nb, q.dq_blocksize)
+    _require(q.absmax is None, "absmax and absmax_q are both set; keep one")
+    _require(q.absmax_q.dtype == torch.int8 and q.absmax_q.numel() == nb,
+             f"absmax_q has {q.absmax_q.numel()} {q.absmax_q.dtype} values; {nb} int8 expected")
+    _require(q.absmax_scale is not None and q.absmax_scale.dtype == torch.float32 and q.absmax_scale.numel() == nq,
+             f"absmax_scale must be {nq} float32 values (one per {q.dq_blocksize} constants)")
+    _require(q.absmax_mean is not None and q.absmax_mean.dtype == torch.float32 and q.absmax_mean.numel() == 1,
+             "absmax_mean must be one float32 value")
+
+
+def dequantized_absmax(q):
+    """The per-block scales actually used to dequantise: (nb,) float32 (rebuilt if double-quantised)."""
+    if not q.double_quant:
+        return q.absmax
+    return double_dequantize(q.absmax_q, q.absmax_scale, q.absmax_mean, q.dq_blocksize)
+
+
+def dequantize_nf4(q, dtype=None):
+    """ŵ = level[code] · absmax, reshaped to the original shape (QLoRA §3).
+
+    Args:
+        q: an NF4Weight from quantize_nf4.
+        dtype: output dtype; the original dtype when None. The product is formed in float32 and then cast.
+    Raises:
+        ValueError: the stored tensors do not fit the recorded shape and blocksize.
+    """
+    _check_consistent(q)
+    n = q.numel
+    levels = _CODEBOOK.to(q.packed.device)[unpack_nibbles(q.packed).long()]  # (2·ceil(n/2),) float32
+    blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs)
+    out = (blocks * dequantized_absmax(q)[:, None]).reshape(-1)[:n]
+    return out.reshape(q.shape).to(q.dtype if dtype is None else dtype)
+
+
+def nbytes(q):
+    """Bytes of every stored tensor of `q` (shape, dtype and blocksize are metadata, not counted)."""
+    return sum(t.numel() * t.element_size() for t in q.tensors().values())
+
+
+def bits_per_parameter(q):
+    """8 · nbytes(q) / numel: 4 + 32/64 = 4.5 plain, 4 + 8/64 + 32/(64·256) + 32/n ≈ 4.127 double-quantised.
+
+    Read from the stored tensors. The mean of the constants is one float32 for the whole tensor, so it
+    adds 32/n bits (1.9e-6 for a 4096 × 4096 matrix); padding bytes count too for odd sizes.
+    """
+    return 8 * nbytes(q) / q.numel

@@ -1,0 +1,187 @@
+"""Benchmarks: what LoRA and QLoRA save, measured on your own machine.
+
+    python -m minigpt.bench                      # all five sections, a few minutes on a laptop CPU
+    python -m minigpt.bench --quick              # tiny sizes, few repeats: checks that everything runs
+    python -m minigpt.bench --sections 1,4 --threads 4 --out bench.json
+
+Sections (each compares variants side by side in one run and reports ratios and absolute figures):
+    1 training step: full fine-tuning vs LoRA vs QLoRA (time, tokens/s, gradient/optimizer/weight bytes, peak memory)
+    2 inference: base model vs LoRA unmerged vs LoRA merged (forward latency)
+    3 one LoRALinear vs one nn.Linear, forward and forward+backward, over (d_in, d_out, rank)
+    4 NF4 quantise/dequantise throughput and reconstruction error, with and without double quantisation
+    5 MiniGPT training throughput on nanoGPT's CPU configuration, eager and torch.compile
+
+Prints markdown tables to stdout and writes every figure to a JSON file. Timings are medians over many
+repeats after warm-up, with the spread; the thread count is pinned and printed. Nothing here asserts a speed.
+"""
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from lora.safetensors_io import atomic_write
+from minigpt.bench_harness import pin_threads
+
+SECTIONS = {
+    1: ("train_step", "minigpt.bench_train:run_train_step"),
+    2: ("inference", "minigpt.bench_infer:run_inference"),
+    3: ("lora_layer", "minigpt.bench_infer:run_lora_layer"),
+    4: ("nf4", "minigpt.bench_nf4:run_nf4"),
+    5: ("throughput", "minigpt.bench_train:run_throughput"),
+}
+
+
+def _default_threads():
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+@dataclass
+class BenchConfig:
+    sections: tuple = (1, 2, 3, 4, 5)             # which sections to run, by number
+    quick: bool = False                           # tiny sizes and few repeats: a smoke test, not a measurement
+    threads: int = field(default_factory=_default_threads)  # torch.set_num_threads here and in every subprocess
+    warmup: int | None = None                     # untimed calls before timing; None: 1 with --quick, else 3
+    repeats: int | None = None                    # timed repeats (medians); None: 3 with --quick, else 30
+    out: str = "bench.json"                       # JSON file with every figure
+    seed: int = 0                                 # model init and batch contents
+    timeout: int = 1200                           # seconds allowed to each subprocess
+
+    def __post_init__(self):
+        self.sections = tuple(sorted(set(self.sections)))
+        bad = [s for s in self.sections if s not in SECTIONS]
+        if not self.sections or bad:
+            raise ValueError(f"sections={list(self.sections)}: choose from {sorted(SECTIONS)}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"threads={self.threads!r}: must be a positive integer")
+        if self.warmup is None:
+            self.warmup = 1 if self.quick else 3
+        if self.repeats is None:
+            self.repeats = 3 if self.quick else 30
+        if self.warmup < 0 or self.repeats < 1:
+            raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: need warmup >= 0 and repeats >= 1")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers, e.g. 1,4")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    p.add_argument("--threads", type=int, default=_default_threads(), help="torch threads (default: usable cores)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=int, default=1200, help="seconds allowed to each subprocess")
+    a = p.parse_args(argv)
+    try:
+        sections = tuple(int(s) for s in a.sections.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--sections={a.sections!r}: give numbers from {sorted(SECTIONS)}, e.g. 1,4") from None
+    return BenchConfig(sections=sections, quick=a.quick, threads=a.threads, warmup=a.warmup,
+                       repeats=a.repeats, out=a.out, seed=a.seed, timeout=a.timeout)
+
+
+def cpu_name():
+    """The CPU's model name as lscpu prints it (falls back to /proc/cpuinfo, then platform)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(cfg):
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return dict(cpu=cpu_name(), logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
+                date=datetime.datetime.now().isoformat(timespec="seconds"), load_average_before=load,
+                command="python -m minigpt.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m minigpt.bench",
+                quick=cfg.quick, warmup=cfg.warmup, repeats=cfg.repeats)
+
+
+def _cell(value):
+    return "" if value is None else str(value)
+
+
+def render_table(headers, rows):
+    """A GitHub-markdown table; columns after the first are right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_section(number, section):
+    """Markdown for one section: title, its tables, targets checked and notes."""
+    parts = [f"### {number}. {section['title']}"]
+    for table in section["tables"]:
+        if table.get("caption"):
+            parts.append(table["caption"])
+        parts.append(render_table(table["headers"], table["rows"]))
+    if section["targets"]:
+        parts.append("\n".join(
+            f"- {t['name']}: {t['value_text']} (target {t['target']}): "
+            + {True: "**met**", False: "**missed**", None: "not measured"}[t["met"]]
+            for t in section["targets"]))
+    if section["notes"]:
+        parts.append("\n".join(f"- {n}" for n in section["notes"]))
+    return "\n\n".join(parts)
+
+
+def _import(path):
+    module_name, _, func_name = path.partition(":")
+    module = __import__(module_name, fromlist=[func_name])
+    return getattr(module, func_name)
+
+
+def run(cfg, emit=print):
+    """Run the chosen sections; emit each rendered section as it finishes; return the results dict."""
+    pin_threads(cfg.threads)
+    meta = machine_info(cfg)
+    emit(f"# minigpt benchmarks\n\nCPU: {meta['cpu']} | threads: {meta['threads']} (torch.set_num_threads) | "
+         f"torch {meta['torch']} | load average before: {meta['load_average_before']}\n")
+    results = dict(meta=meta, config=asdict(cfg), sections={})
+    for number in cfg.sections:
+        key, path = SECTIONS[number]
+        start = time.perf_counter()
+        section = _import(path)(cfg)
+        section["seconds"] = round(time.perf_counter() - start, 1)
+        results["sections"][key] = section
+        emit(render_section(number, section) + "\n")
+    meta["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    emit(f"load average after: {meta['load_average_after']}")
+    with atomic_write(cfg.out, "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def main(argv=None):
+    try:
+        cfg = parse_args(argv)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    run(cfg, emit=functools.partial(print, flush=True))
+    print(f"wrote {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Measuring tools for `python -m minigpt.bench`: timers, memory readings, byte counts, subprocess isolation.
+
+Every timing follows one recipe: pin the thread count, run warm-up calls that are thrown away (first
+calls allocate buffers and pick kernels), then time many repeats and report the median with the
+spread (interquartile range and min/max). The median is robust to the odd slow repeat caused by other
+processes on a shared machine; the spread shows how noisy the machine was.
+
+Run as a script, this module is the subprocess worker: it calls one job function and writes its
+result, plus the process's peak memory, to a JSON file. Each configuration whose peak memory we
+report runs in its own fresh process so that peaks from different configurations do not mix.
+"""
+
+import gc
+import importlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from lora.safetensors_io import atomic_write
+
+
+def pin_threads(threads):
+    """Pin torch's intra-op thread count (and OpenMP's, for libraries read at start-up); returns it."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads={threads!r}: must be a positive integer")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def summarize(samples):
+    """Median, quartiles, min, max and count of a list of durations in seconds."""
+    if not samples:
+        raise ValueError("summarize needs at least one sample")
+    s = sorted(samples)
+    q1, _, q3 = statistics.quantiles(s, n=4, method="inclusive") if len(s) > 1 else (s[0], s[0], s[0])
+    return dict(median=statistics.median(s), q1=q1, q3=q3, min=s[0], max=s[-1], n=len(s))
+
+
+def calls_per_sample(fn, min_seconds):
+    """How many back-to-back calls make one sample last at least min_seconds (like timeit's autorange).
+
+    Sub-millisecond calls are timed in groups so that the timer's resolution and Python's loop
+    overhead stay small against the measured time; each sample is then divided by the group size.
+    """
+    number = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        if time.perf_counter() - start >= min_seconds or number >= 1 << 16:
+            return number
+        number *= 2
+
+
+def time_interleaved(fns, warmup, repeats, min_seconds=0.005):
+    """Time several callables side by side; returns {name: summarize(seconds per call)}.
+
+    Repeats are taken round-robin (a, b, c, a, b, c, ...) rather than one callable after the other,
+    so a burst of load from another process slows every variant alike instead of biasing one ratio.
+    The garbage collector is off while timing, as in timeit.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup={warmup}, repeats={repeats}: need warmup >= 0 and repeats >= 1")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    numbers = {name: calls_per_sample(fn, min_seconds) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                for _ in range(numbers[name]):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / numbers[name])
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: dict(summarize(s), calls_per_sample=numbers[name]) for name, s in samples.items()}
+
+
+def time_fn(fn, warmup, repeats, min_seconds=0.005):
+    """summarize() of fn's duration in seconds: time_interleaved with a single callable."""
+    return time_interleaved({"fn": fn}, warmup, repeats, min_seconds)["fn"]
+
+
+def tensor_bytes(tensors):
+    """Bytes held by an iterable of tensors, read from the tensors; a shared storage is counted once."""
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.data_ptr(), t.numel())
+        if key not in seen:
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def optimizer_state_bytes(optimizer):
+    """Bytes of every tensor in an optimizer's state (AdamW: exp_avg, exp_avg_sq and a 4-byte step)."""
+    return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+def _status_kib(field):
+    """A 'VmXXX: n kB' line of /proc/self/status in KiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_bytes():
+    """Resident memory of this process now (Linux /proc; None elsewhere)."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes():
+    """Peak resident memory of this process.
+
+    resource.getrusage's ru_maxrss is the textbook reading, but Linux carries the high-water mark across
+    fork/exec, so a child started by a large parent reports the parent's peak. /proc's VmHWM is the same
+    counter for this process's own memory only; we use it where it exists and ru_maxrss elsewhere.
+    """
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib * 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+
+
+def run_isolated(job, kwargs, timeout):
+    """Run `job` ("package.module:function") with kwargs in a fresh Python process.
+
+    Returns the job's result dict with peak_rss_bytes and ru_maxrss_bytes added, or
+    {"status": "failed", "error": ...} when the process fails or runs past `timeout` seconds.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, "-m", "minigpt.bench_harness", job, json.dumps(kwargs), out]
+        # the child imports this checkout's packages whatever the current directory is
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return dict(status="failed", error=f"timed out after {timeout} s")
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return dict(status="failed", error=" | ".join(tail) or f"exit code {proc.returncode}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def ms(seconds):
+    """Seconds as milliseconds with three significant figures, for tables."""
+    return None if seconds is None else f"{seconds * 1e3:.3g}"
+
+
+def spread_ms(summary):
+    """The interquartile range of a summarize() result, in ms, as "q1-q3"."""
+    return None if summary is None else f"{summary['q1'] * 1e3:.3g}-{summary['q3'] * 1e3:.3g}"
+
+
+def mib(nbytes):
+    """Bytes as MiB with one decimal, for tables."""
+    return None if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def make_target(name, value, target, met, digits=3):
+    """One checked target of a section: the measured value, the target in words, and whether it was met."""
+    text = "n/a" if value is None else f"{value:.{digits}f}"
+    return dict(name=name, value=value, value_text=text, target=target, met=None if value is None else bool(met))
+
+
+def make_section(title, tables, targets=(), notes=(), results=()):
+    """The dict every section returns: markdown tables (caption, headers, rows) plus the raw results."""
+    return dict(title=title, tables=list(tables), targets=list(targets), notes=list(notes), results=list(results))
+
+
+def _worker(job, kwargs_json, out):
+    module_name, _, func_name = job.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    result = dict(status="ok")
+    result.update(func(**json.loads(kwargs_json)))
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["ru_maxrss_bytes"] = maxrss if sys.platform == "darwin" else maxrss * 1024
+    with atomic_write(out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:4])

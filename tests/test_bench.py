@@ -1,0 +1,122 @@
+"""minigpt.bench: the --quick run finishes, prints markdown and writes JSON with every section's fields.
+
+No test here looks at how fast anything is: timings depend on the machine and its load.
+"""
+
+import json
+
+import pytest
+
+from minigpt.bench import SECTIONS, BenchConfig, parse_args, run
+from minigpt.bench_harness import summarize
+
+SUMMARY_KEYS = {"median", "q1", "q3", "min", "max", "n"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """What `python -m minigpt.bench --quick --threads 1` writes and prints, run once in-process."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = []
+    run(parse_args(["--quick", "--threads", "1", "--out", str(out)]), emit=printed.append)
+    return json.loads(out.read_text()), "\n".join(printed)
+
+
+def _results(data, key):
+    return data["sections"][key]["results"]
+
+
+def _assert_summary(summary):
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["min"] <= summary["q1"] <= summary["median"] <= summary["q3"] <= summary["max"]
+
+
+def test_quick_run_writes_every_section(quick_run):
+    data, _ = quick_run
+    assert set(data["sections"]) == {key for key, _ in SECTIONS.values()}
+    assert data["meta"]["threads"] == 1
+    for field in ("cpu", "torch", "command", "load_average_before", "load_average_after"):
+        assert field in data["meta"]
+    for section in data["sections"].values():
+        assert section["tables"] and all(len(row) == len(t["headers"]) for t in section["tables"] for row in t["rows"])
+
+
+def test_train_step_section_has_every_method_and_figure(quick_run):
+    data, _ = quick_run
+    results = _results(data, "train_step")
+    assert [r["method"] for r in results] == ["full", "lora", "qlora"]
+    for r in results:
+        assert r["status"] == "ok", r.get("error")
+        _assert_summary(r["step"])
+        for field in ("tokens_per_s", "grad_bytes", "optimizer_bytes", "weight_bytes", "peak_rss_bytes",
+                      "baseline_rss_bytes", "trainable", "params"):
+            assert r[field] > 0, field
+    assert {t["name"].split(": ", 1)[1] for t in data["sections"]["train_step"]["targets"]} == {
+        "LoRA step time / full step time", "LoRA (gradient + optimizer bytes) / full's",
+        "QLoRA quantised weight bytes / their float32 bytes"}
+
+
+def test_gradients_exist_only_for_trainable_parameters(quick_run):
+    data, _ = quick_run
+    full, lora, qlora = _results(data, "train_step")
+    assert full["grad_bytes"] == 4 * full["params"] == 4 * full["trainable"]
+    # frozen weights hold no .grad: the gradient bytes are exactly the float32 adapters'
+    assert lora["grad_bytes"] == 4 * lora["trainable"] < full["grad_bytes"]
+    assert qlora["grad_bytes"] == 4 * qlora["trainable"] == lora["grad_bytes"]
+
+
+def test_qlora_stores_its_linear_weights_in_about_4_bits(quick_run):
+    data, _ = quick_run
+    qlora = _results(data, "train_step")[2]
+    bits = 32 * qlora["quantized_bytes"] / qlora["quantized_fp32_bytes"]
+    assert 4.0 < bits < 4.5  # 4.127 for large matrices; the quick model's tiny ones pay a little padding
+
+
+def test_inference_layer_and_nf4_sections_have_their_fields(quick_run):
+    data, _ = quick_run
+    inference = _results(data, "inference")
+    assert {r["variant"] for r in inference} == {"base", "lora unmerged", "lora merged", "merged + unloaded"}
+    for r in inference:
+        _assert_summary(r["forward"])
+        assert r["ratio_to_base"] > 0
+    for r in _results(data, "lora_layer"):
+        for mode in ("forward", "forward_backward"):
+            _assert_summary(r[mode]["linear"])
+            _assert_summary(r[mode]["lora"])
+    nf4 = _results(data, "nf4")
+    assert {r["double_quant"] for r in nf4} == {False, True}
+    for r in nf4:
+        _assert_summary(r["quantize"])
+        _assert_summary(r["dequantize"])
+        assert r["quantize_gb_s"] > 0 and r["dequantize_gb_s"] > 0 and 0 < r["rmse"] < 0.02
+
+
+def test_throughput_section_reports_eager_and_compile_status(quick_run):
+    data, _ = quick_run
+    eager, compiled = _results(data, "throughput")
+    assert eager["status"] == "ok" and eager["tokens_per_s"] > 0 and (eager["batch"], eager["block"]) == (12, 64)
+    assert compiled["status"] == "skipped"  # --quick never compiles
+
+
+def test_markdown_tables_and_thread_count_are_printed(quick_run):
+    _, printed = quick_run
+    assert "threads: 1 (torch.set_num_threads)" in printed
+    for number in SECTIONS:
+        assert f"### {number}. " in printed
+    assert "| model | method |" in printed
+
+
+def test_summarize_gives_median_quartiles_and_range():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+
+
+@pytest.mark.parametrize("argv", [["--sections", "9"], ["--sections", "one"], ["--threads", "0"], ["--repeats", "0"]])
+def test_bad_arguments_raise_value_error(argv):
+    with pytest.raises(ValueError):
+        parse_args(argv)
+
+
+def test_config_fills_quick_defaults():
+    cfg = BenchConfig(sections=(4, 1, 4), quick=True)
+    assert (cfg.sections, cfg.warmup, cfg.repeats) == ((1, 4), 1, 3)

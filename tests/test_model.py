@@ -1,0 +1,144 @@
+"""minigpt.model: causality, initial loss, parameter counts, tying, sampling, bad input, checkpointing."""
+
+import math
+
+import pytest
+import torch
+
+from minigpt.model import GPT, GPTConfig
+
+TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def tiny_model(**overrides):
+    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+
+
+def analytic_num_parameters(c):
+    """Parameters of GPT-2's architecture with a tied head (nanoGPT's transformer_sizing notebook, by part)."""
+    b = 1 if c.bias else 0
+    C = c.n_embd
+    embeddings = c.vocab_size * C + c.block_size * C  # wte (shared with lm_head) + wpe
+    layer_norm = C + b * C
+    attention = (C * 3 * C + b * 3 * C) + (C * C + b * C)  # c_attn (q, k, v) + c_proj
+    mlp = (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)  # c_fc + c_proj
+    block = 2 * layer_norm + attention + mlp  # = 12 C^2 + 2C + 11bC
+    return embeddings + c.n_layer * block + layer_norm  # + ln_f
+
+
+def test_changing_a_future_token_never_changes_earlier_logits():
+    model = tiny_model()
+    idx = torch.randint(64, (2, 16))
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 64
+        before, _ = model(idx)
+        after, _ = model(changed)
+        assert torch.equal(before[:, :t], after[:, :t])
+        assert not torch.allclose(before[:, t:], after[:, t:])  # the change is visible from position t on
+
+
+def test_loss_at_init_is_close_to_log_vocab_size():
+    # init std 0.02 makes the logits nearly zero, so the predicted distribution is nearly uniform
+    model = tiny_model(vocab_size=256)
+    idx = torch.randint(256, (8, 16))
+    _, loss = model(idx, targets=torch.randint(256, (8, 16)))
+    assert abs(loss.item() - math.log(256)) < 0.05
+
+
+def test_loss_ignores_targets_equal_to_minus_one():
+    model = tiny_model()
+    idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
+    logits, _ = model(idx)
+    masked = targets.clone()
+    masked[:, 8:] = -1
+    _, loss = model(idx, targets=masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, :8].reshape(-1, 64), targets[:, :8].reshape(-1))
+    assert torch.allclose(loss, expected)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(bias=False), dict(n_layer=3, n_head=4, n_embd=32, vocab_size=100)])
+def test_num_parameters_equals_analytic_formula(overrides):
+    config = GPTConfig(**{**TINY, **overrides})
+    model = GPT(config)
+    distinct = {p.data_ptr(): p.numel() for p in model.parameters()}
+    assert model.num_parameters() == sum(distinct.values()) == analytic_num_parameters(config)
+
+
+def test_gpt2_small_has_124_439_808_parameters():
+    config = GPTConfig.from_preset("gpt2")
+    assert analytic_num_parameters(config) == 124_439_808
+    with torch.device("meta"):  # shapes only, no memory or init time
+        model = GPT(config)
+    assert model.num_parameters() == 124_439_808
+
+
+def test_lm_head_is_tied_to_token_embedding():
+    model = tiny_model()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    logits, _ = model(torch.randint(64, (1, 4)))
+    logits.sum().backward()
+    # one tensor, one gradient: the head's and the embedding's contributions are summed into it
+    assert model.transformer.wte.weight.grad is model.lm_head.weight.grad
+
+
+def test_sampling_is_deterministic_under_a_seeded_generator():
+    model = tiny_model()
+    idx = torch.zeros((2, 1), dtype=torch.long)
+    a = model.generate(idx, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    b = model.generate(idx, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(7))
+    c = model.generate(idx, 20, temperature=1.0, top_k=10, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (2, 21)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_greedy_decoding_takes_the_argmax_each_step():
+    model = tiny_model()
+    prompt = torch.randint(64, (2, 3))
+    out = model.generate(prompt, 20, temperature=0)  # 23 > block_size 16: exercises the context crop
+    for t in range(3, out.size(1)):
+        context = out[:, max(0, t - 16):t]
+        logits, _ = model(context)
+        assert torch.equal(out[:, t], logits[:, -1].argmax(-1))
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(n_layer=0), dict(vocab_size=-1),
+                                 dict(block_size=2.5), dict(dropout=1.0), dict(dropout=-0.1)])
+def test_impossible_config_raises_value_error(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        GPTConfig(**{**TINY, **bad})
+
+
+@pytest.mark.parametrize("bad_id", [64, -1])
+def test_token_id_outside_vocabulary_raises_value_error(bad_id):
+    idx = torch.zeros((1, 4), dtype=torch.long)
+    idx[0, 2] = bad_id
+    with pytest.raises(ValueError, match=f"token id {bad_id}"):
+        tiny_model()(idx)
+
+
+def test_sequence_longer_than_block_size_raises_value_error():
+    with pytest.raises(ValueError, match="exceeds block_size 16"):
+        tiny_model()(torch.zeros((1, 17), dtype=torch.long))
+
+
+def test_gradient_checkpointing_gives_identical_gradients():
+    model = tiny_model().train()  # checkpointing applies in training mode; dropout is 0
+    idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
+
+    def grads(enabled):
+        model.zero_grad()
+        model.set_gradient_checkpointing(enabled)
+        _, loss = model(idx, targets=targets)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys()
+    assert all(torch.equal(plain[n], checkpointed[n]) for n in plain)
