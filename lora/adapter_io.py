@@ -71,10 +71,10 @@ def save_adapter(model, directory, base_model_name_or_path=None, fan_in_fan_out=
         model: a model with LoRA layers that all share one rank, alpha and rsLoRA setting.
         directory: created if missing; existing adapter files are replaced.
         base_model_name_or_path: recorded for PEFT (e.g. "gpt2"); PEFT uses it to find the base model.
-        fan_in_fan_out: the flag PEFT needs for a base model stored as (d_in, d_out) matrices, as Hugging
-            Face's GPT-2 stores them (its Conv1D layers), hence True by default. It does not change the
-            tensors: lora_A is (r, d_in) and lora_B is (d_out, r) either way; only PEFT's merge uses it.
-            Pass False for a base model made of nn.Linear layers in PEFT.
+        fan_in_fan_out: the flag PEFT expects for a base stored as (d_in, d_out) matrices, as Hugging
+            Face's GPT-2 stores them (Conv1D layers); True by default, as PEFT writes it for GPT-2. It
+            does not change the tensors: lora_A is (r, d_in) and lora_B (d_out, r) either way, and only
+            PEFT's merge reads it. Pass False for a base made of nn.Linear layers in PEFT.
     Returns:
         the directory, as given.
     Raises:

@@ -59,6 +59,8 @@ def nf4_codebook():
 
 _CODEBOOK = nf4_codebook()
 _MIDPOINTS = (_CODEBOOK[:-1] + _CODEBOOK[1:]) / 2  # (15,) decision boundaries, float32 as bitsandbytes
+# byte -> (level of its high nibble, level of its low nibble): one lookup per byte dequantises two weights
+_BYTE_LEVELS = torch.stack([_CODEBOOK[torch.arange(256) >> 4], _CODEBOOK[torch.arange(256) & 0xF]], dim=1)  # (256, 2)
 
 
 def check_blocksize(blocksize):
@@ -100,8 +102,8 @@ def pack_nibbles(codes):
     """
     if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.numel() % 2:
         raise ValueError(f"codes must be an even-length integer tensor, got {codes.dtype} with {codes.numel()} elements")
-    codes = codes.reshape(-1)
-    return ((codes[0::2] << 4) | codes[1::2]).to(torch.uint8)
+    codes = codes.reshape(-1).to(torch.uint8)  # narrow first: the shifts then touch 1 byte per code, not 4
+    return (codes[0::2] << 4) | codes[1::2]
 
 
 def unpack_nibbles(packed):
@@ -253,9 +255,10 @@ def dequantize_nf4(q, dtype=None):
     """
     _check_consistent(q)
     n = q.numel
-    levels = _CODEBOOK.to(q.packed.device)[unpack_nibbles(q.packed).long()]  # (2·ceil(n/2),) float32
-    blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs)
-    out = (blocks * dequantized_absmax(q)[:, None]).reshape(-1)[:n]
+    table = _BYTE_LEVELS.to(q.packed.device)
+    levels = F.embedding(q.packed.int(), table).reshape(-1)   # (ceil(n/2),) bytes -> (ceil(n/2), 2) -> (2·ceil(n/2),)
+    blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs), a fresh tensor we may scale in place
+    out = blocks.mul_(dequantized_absmax(q)[:, None]).reshape(-1)[:n]
     return out.reshape(q.shape).to(q.dtype if dtype is None else dtype)
 
 

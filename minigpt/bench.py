@@ -119,7 +119,7 @@ def machine_info(cfg):
 
 
 def _cell(value):
-    return "" if value is None else str(value)
+    return "" if value is None else str(value).replace("|", "/").replace("\n", " ")
 
 
 def render_table(headers, rows):

@@ -162,8 +162,8 @@ def run_isolated(job, kwargs, timeout):
         except subprocess.TimeoutExpired:
             return dict(status="failed", error=f"timed out after {timeout} s")
         if proc.returncode != 0 or not os.path.exists(out):
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            return dict(status="failed", error=" | ".join(tail) or f"exit code {proc.returncode}")
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            return dict(status="failed", error=lines[-1] if lines else f"exit code {proc.returncode}")
         with open(out) as f:
             return json.load(f)
 

@@ -67,7 +67,7 @@ def random_batch(vocab_size, batch, seq_len, seed):
     """Inputs and next-token targets, (B, T) each, of uniformly random token ids."""
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(vocab_size, (batch, seq_len + 1), generator=g)
-    return data[:, :-1], data[:, 1:]
+    return data[:, :-1].clone(), data[:, 1:].clone()  # clone: contiguous, as a data loader's batches are
 
 
 def make_optimizer(model):

@@ -16,25 +16,30 @@ Shape legend: B batch size, T block size, V vocabulary size.
 import argparse
 import copy
 import dataclasses
-import json
 import math
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
 import torch
 
-from lora import apply_lora, atomic_write, count_parameters, merge_and_unload, save_adapter, trainable_summary
+from lora import apply_lora, count_parameters, merge_and_unload, save_adapter, trainable_summary
 from lora.inject import plan_lora
 from minigpt.base_model import SCRATCH, TINY, BaseRecipe, base_config, base_tokenizer, corpus_text, load_base
-from minigpt.checkpoint import checkpoint_path, read_checkpoint
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.device import DEVICES, pick_device
+from minigpt.finetune_io import (
+    check_out_dir,
+    clear_outputs,
+    dir_bytes,
+    publish_dir,
+    save_loss_curve,
+    trim_metrics,
+    write_json,
+)
 from minigpt.model import GPT, PRESETS
-from minigpt.pretrained import GPT2_NAMES, save_pretrained
+from minigpt.pretrained import save_pretrained
 from minigpt.train import TrainConfig, estimate_loss, train
 
 METHODS = ("full", "lora", "qlora")
@@ -42,9 +47,6 @@ METHODS = ("full", "lora", "qlora")
 # with B starting at zero, need a larger step than full fine-tuning, which forgets faster at high lr
 DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "qlora": 2e-3}
 SCRATCH_LR = 1e-3  # nanoGPT's lr for its small character model trained from random weights
-# fields that do not change a run's numbers: they may differ between a run and its resumption
-FREE_FIELDS = ("out", "resume", "overwrite", "device", "compile", "progress", "cache_dir")
-OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "report.json")
 
 
 @dataclasses.dataclass
@@ -143,36 +145,6 @@ def _targets(targets):
     return "all-linear" if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
 
 
-def _result_fields(cfg):
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in FREE_FIELDS}
-
-
-def check_out_dir(cfg):
-    """Refuse an --out that holds something other than this run (unless cfg.overwrite)."""
-    out = pathlib.Path(cfg.out)
-    if cfg.resume and cfg.overwrite:
-        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
-    if not out.exists() or cfg.overwrite:
-        return
-    if not out.is_dir():
-        raise ValueError(f"out={cfg.out!r} is a file; give a folder")
-    saved_path = out / "config.json"
-    if not saved_path.is_file():
-        if any(out.iterdir()):
-            raise ValueError(f"out={cfg.out!r} holds files that are not a fine-tuning run; "
-                             "choose an empty or new folder, or pass --overwrite")
-        return
-    try:
-        saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        saved = {}
-    mine = _result_fields(cfg)
-    diff = [f"{k}={saved.get(k, '<absent>')!r} (here {v!r})" for k, v in mine.items() if saved.get(k, "<absent>") != v]
-    if diff:
-        raise ValueError(f"out={cfg.out!r} holds a run of another configuration: {', '.join(diff)}; "
-                         "choose another --out, or pass --overwrite to replace it")
-
-
 def prepare_model(base, cfg):
     """Turn the base into the model to train: all weights (full), LoRA (lora) or NF4 + LoRA (qlora).
 
@@ -234,58 +206,132 @@ def merged_model(model, cfg, batch):
     return merged, diff
 
 
-def _clear_outputs(out):
-    for name in OUTPUTS:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+def run_finetune(cfg, callback=None):
+    """Fine-tune `cfg.base` on tiny Shakespeare by `cfg.method` and write the run into cfg.out.
+
+    Args:
+        cfg: FinetuneConfig (validated here first; nothing is written when it is invalid).
+        callback: passed to minigpt.train.train: callback(step, metrics) after every step.
+    Returns:
+        the report dict that is also written to report.json (keys: REPORT_KEYS).
+    Raises:
+        ValueError: a bad configuration (see validate), before any file is written.
+    """
+    t0 = time.perf_counter()
+    cfg = validate(cfg)
+    out = pathlib.Path(cfg.out)
+    device = pick_device(cfg.device)
+    tokenizer = base_tokenizer(cfg.base)
+    train_ids, val_ids = load_data(cfg, tokenizer)
+    base, base_info = load_base(cfg.base, recipe_of(cfg), cfg.device, cfg.cache_dir, cfg.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        clear_outputs(out)
+    resumed_from = trim_metrics(out)  # 0 when starting afresh
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    base.to(device)
+    val_loss_base = estimate_loss(base, val_ids, train_config(cfg)) if cfg.method == "qlora" else None
+    model, quant = prepare_model(base, cfg)
+    trainable, total = count_parameters(model)
+    sample_before = sample(model, tokenizer, cfg, device)
+    result = train(model, train_ids, val_ids, train_config(cfg), callback=callback)
+    batch = fixed_batch(val_ids, cfg).to(device)
+    merged, diff = merged_model(model, cfg, batch)
+    if cfg.method != "full":
+        publish_dir(out, "adapter", lambda d: save_adapter(model, d, base_model_name_or_path=base_info["path"]))
+    publish_dir(out, "merged", lambda d: save_pretrained(merged.cpu(), d))
+    save_loss_curve(result.train_losses, result.val_losses, out / "loss_curve.png", f"{cfg.method} on {cfg.base} base")
+    report = {
+        "method": cfg.method, "base": cfg.base, "base_path": base_info["path"], "base_cached": base_info["cached"],
+        "base_pretrain_seconds": base_info.get("pretrain_seconds"), "device": str(device),
+        "rank": None if cfg.method == "full" else cfg.rank, "alpha": None if cfg.method == "full" else cfg.alpha,
+        "targets": None if cfg.method == "full" else cfg.targets, "steps": cfg.steps, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "block_size": cfg.block_size, "resumed_from_step": resumed_from,
+        "val_loss_base": val_loss_base if val_loss_base is not None else result.val_losses[0][1],
+        "val_loss_before": result.val_losses[0][1], "val_loss_after": result.final_val_loss,
+        "val_curve": [list(v) for v in result.val_losses], "train_loss_final": result.train_losses[-1],
+        "trainable_params": trainable, "total_params": total, "trainable_percent": 100 * trainable / total,
+        "params_summary": trainable_summary(model),
+        "peak_memory_bytes": result.peak_memory_bytes, "optimizer_state_bytes": result.optimizer_state_bytes,
+        "train_seconds": result.wall_time, "tokens_per_sec": result.tokens_per_sec, "tokens_seen": result.tokens_seen,
+        "adapter_bytes": dir_bytes(out / "adapter") if cfg.method != "full" else None,
+        "merged_bytes": dir_bytes(out / "merged"), **quant, "merged_max_abs_logit_diff": diff,
+        "prompt": cfg.prompt, "sample_before": sample_before, "sample_after": sample(model, tokenizer, cfg, device),
+        "total_seconds": time.perf_counter() - t0,
+    }
+    write_json(out / "report.json", report)  # last: its presence means the run is complete
+    return report
 
 
-def _trim_metrics(out):
-    """On resume: keep the metric lines up to the checkpoint's step, so none is written twice."""
-    metrics = out / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0
-    step = read_checkpoint(out)["step"] if os.path.isfile(checkpoint_path(out)) else 0
-    lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-    with atomic_write(metrics, "w") as f:
-        f.write("".join(ln + "\n" for ln in kept))
-    return step
+REPORT_KEYS = (
+    "method", "base", "base_path", "base_cached", "base_pretrain_seconds", "device", "rank", "alpha", "targets",
+    "steps", "lr", "batch_size", "block_size", "resumed_from_step", "val_loss_base", "val_loss_before",
+    "val_loss_after", "val_curve", "train_loss_final", "trainable_params", "total_params", "trainable_percent",
+    "params_summary", "peak_memory_bytes", "optimizer_state_bytes", "train_seconds", "tokens_per_sec",
+    "tokens_seen", "adapter_bytes", "merged_bytes", "quantized_bytes_before", "quantized_bytes_after",
+    "merged_max_abs_logit_diff", "prompt", "sample_before", "sample_after", "total_seconds",
+)
 
 
-def _publish_dir(out, name, write):
-    """write(tmp_folder) into a temporary folder, then swap it in as out/name."""
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
-    old = out / f".{name}.old"
+# ---- command line ----
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m minigpt.finetune", description=__doc__.split("\n\n")[0])
+    d = FinetuneConfig()
+    p.add_argument("--method", default=d.method, help=f"one of {list(METHODS)} (default {d.method})")
+    p.add_argument("--base", default=d.base, help="tiny, scratch, gpt2[-medium|-large|-xl] or a GPT-2 folder")
+    p.add_argument("--base-corpus", help="text file to pretrain the tiny base on (default: the Python docs)")
+    for name, kind in (("rank", int), ("alpha", float), ("dropout", float), ("steps", int), ("batch_size", int),
+                       ("block_size", int), ("lr", float), ("seed", int), ("eval_interval", int),
+                       ("eval_batches", int), ("base_steps", int), ("sample_tokens", int)):
+        default = getattr(d, name)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
+                       help=f"default {default if default is not None else 'per method/base'}")
+    for name in ("targets", "device", "out", "data", "prompt", "base_preset", "cache_dir"):
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=f"default {getattr(d, name)}")
+    for name in ("compile", "resume", "overwrite"):
+        p.add_argument("--" + name, action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--compare", action="store_true", help="full vs LoRA ranks 1-64 vs QLoRA vs scratch")
+    return p
+
+
+def format_report(r):
+    """The report as a few readable lines."""
+    gib = lambda b: "n/a" if b is None else f"{b / 2**20:,.1f} MiB"
+    lines = [
+        f"{r['method']} on base {r['base']} ({'cached' if r['base_cached'] else 'built now'}: {r['base_path']})",
+        r["params_summary"],
+        f"val loss: base {r['val_loss_base']:.4f}, before {r['val_loss_before']:.4f}, after {r['val_loss_after']:.4f}",
+        f"time: {r['train_seconds']:.1f} s training, {r['total_seconds']:.1f} s in all; {r['tokens_per_sec']:,.0f} tokens/s",
+        f"memory: peak {gib(r['peak_memory_bytes'])}, optimizer state {gib(r['optimizer_state_bytes'])}; "
+        f"adapter on disk {gib(r['adapter_bytes'])}",
+    ]
+    if r["merged_max_abs_logit_diff"] is not None:
+        lines.append(f"merged vs unmerged logits: max abs difference {r['merged_max_abs_logit_diff']:.2e}")
+    if r["quantized_bytes_before"] is not None:
+        lines.append(f"NF4 base weights: {gib(r['quantized_bytes_before'])} -> {gib(r['quantized_bytes_after'])}")
+    lines += [f"sample before: {r['prompt']}{r['sample_before']}", f"sample after:  {r['prompt']}{r['sample_after']}"]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = vars(build_parser().parse_args(argv))
     try:
-        write(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if (out / name).exists():
-            os.rename(out / name, old)
-        os.rename(tmp, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        if args.pop("compare"):
+            from minigpt.compare import run_compare
+            summary = run_compare(FinetuneConfig(**args))
+            print(summary["table"])
+            print(f"wrote {summary['markdown']} and {summary['plot']} in {summary['seconds']:.0f} s")
+            return 0
+        report = run_finetune(FinetuneConfig(**args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"wrote {args['out'] or os.path.join('runs', 'finetune-' + report['method'])}/")
+    return 0
 
 
-def _dir_bytes(path):
-    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
-
-
-def save_loss_curve(result, path, title):
-    """Training loss per step and validation loss per evaluation, as a PNG (matplotlib's Agg canvas)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(range(1, len(result.train_losses) + 1), result.train_losses, lw=0.8, alpha=0.6, label="train")
-    if result.val_losses:
-        steps, losses = zip(*result.val_losses, strict=True)
-        ax.plot(steps, losses, "o-", ms=3, label="val")
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=100)
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The output folder of a fine-tuning run: refusing a folder of another run, atomic publishing, the loss curve.
+
+A run folder holds OUTPUTS. Files are written with lora.safetensors_io.atomic_write and folders are built
+beside their final place and renamed into it, so an interrupted run never leaves half a file behind.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+from lora.safetensors_io import atomic_write
+from minigpt.checkpoint import checkpoint_path, read_checkpoint
+
+OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "report.json")
+# fields that do not change a run's numbers: they may differ between a run and its resumption
+FREE_FIELDS = ("out", "resume", "overwrite", "device", "compile", "progress", "cache_dir")
+
+
+def _result_fields(cfg):
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in FREE_FIELDS}
+
+
+def check_out_dir(cfg):
+    """Refuse an --out that holds something other than this run (unless cfg.overwrite)."""
+    out = pathlib.Path(cfg.out)
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    if not out.exists() or cfg.overwrite:
+        return
+    if not out.is_dir():
+        raise ValueError(f"out={cfg.out!r} is a file; give a folder")
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        if any(out.iterdir()):
+            raise ValueError(f"out={cfg.out!r} holds files that are not a fine-tuning run; "
+                             "choose an empty or new folder, or pass --overwrite")
+        return
+    try:
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        saved = {}
+    mine = _result_fields(cfg)
+    diff = [f"{k}={saved.get(k, '<absent>')!r} (here {v!r})" for k, v in mine.items() if saved.get(k, "<absent>") != v]
+    if diff:
+        raise ValueError(f"out={cfg.out!r} holds a run of another configuration: {', '.join(diff)}; "
+                         "choose another --out, or pass --overwrite to replace it")
+
+
+def clear_outputs(out):
+    """Remove a previous run's outputs from `out` (other files stay)."""
+    for name in OUTPUTS:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def trim_metrics(out):
+    """On resume: keep the metric lines up to the checkpoint's step, so none is written twice."""
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    step = read_checkpoint(out)["step"] if os.path.isfile(checkpoint_path(out)) else 0
+    lines = [ln for ln in metrics.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+    with atomic_write(metrics, "w") as f:
+        f.write("".join(ln + "\n" for ln in kept))
+    return step
+
+
+def publish_dir(out, name, write):
+    """write(tmp_folder) into a temporary folder, then swap it in as out/name."""
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
+    old = out / f".{name}.old"
+    try:
+        write(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if (out / name).exists():
+            os.rename(out / name, old)
+        os.rename(tmp, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def dir_bytes(path):
+    """Bytes of all files under `path`."""
+    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
+def save_loss_curve(train_losses, val_losses, path, title):
+    """Training loss per step and validation loss per evaluation, as a PNG (matplotlib's Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(range(1, len(train_losses) + 1), train_losses, lw=0.8, alpha=0.6, label="train")
+    if val_losses:
+        steps, losses = zip(*val_losses, strict=True)
+        ax.plot(steps, losses, "o-", ms=3, label="val")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+def write_json(path, obj):
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")

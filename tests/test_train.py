@@ -1,0 +1,195 @@
+"""minigpt.train: the schedule, the optimizer set-up, gradient accumulation, and what train() returns and writes."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minigpt.model import GPT, GPTConfig
+from minigpt.train import TrainConfig, configure_optimizer, estimate_loss, lr_at, train
+
+V = 64  # the "test" preset's vocabulary
+FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
+
+
+def corpus(n=3000):
+    # next token = this token + 7 (mod 64): learnable from one token of context
+    return (torch.arange(n) * 7 % V).long()
+
+
+def tiny_gpt(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_preset("test", **overrides))
+
+
+class Bigram(nn.Module):
+    """A float64 bigram model: logits = W[idx] + b. Small enough for exact comparisons."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte = nn.Embedding(V, V, dtype=torch.float64)
+        self.bias = nn.Parameter(torch.zeros(V, dtype=torch.float64))  # a vector: lands in the no-decay group
+
+    def forward(self, idx, targets=None):
+        logits = self.wte(idx) + self.bias  # (B, T, V)
+        return logits, F.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+
+def test_lr_schedule_hand_values():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=9, lr_decay_iters=109, max_iters=200)
+    assert lr_at(0, cfg) == pytest.approx(0.1)     # warm-up start: lr * 1 / (W + 1)
+    assert lr_at(8, cfg) == pytest.approx(0.9)     # last warm-up step: lr * 9 / 10
+    assert lr_at(9, cfg) == pytest.approx(1.0)     # warm-up end: the peak
+    assert lr_at(59, cfg) == pytest.approx(0.55)   # halfway through the cosine: (lr + min_lr) / 2
+    assert lr_at(109, cfg) == pytest.approx(0.1)   # decay end: min_lr
+    assert lr_at(150, cfg) == pytest.approx(0.1)   # and after it
+    decay = [lr_at(s, cfg) for s in range(9, 110)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+
+
+def test_lr_decay_ends_at_max_iters_by_default():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=0, max_iters=20)
+    assert lr_at(0, cfg) == pytest.approx(1.0)
+    assert lr_at(19, cfg) > 0.1
+    assert lr_at(20, cfg) == pytest.approx(0.1)
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny_gpt()
+    cfg = TrainConfig(lr=0.5, weight_decay=0.1)
+    opt = configure_optimizer(model, cfg)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for p in model.parameters() if p.dim() >= 2}
+    # with zero gradients AdamW's step is pure decoupled decay: matrices shrink by (1 - lr * wd), vectors stay
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        if p.dim() >= 2:
+            torch.testing.assert_close(p.detach(), before[n] * (1 - 0.5 * 0.1))
+        else:
+            assert torch.equal(p, before[n]), n
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    data = corpus()
+    results = []
+    for batch_size, accum in ((8, 1), (2, 4)):
+        torch.manual_seed(0)
+        model = Bigram()
+        start = [p.detach().clone() for p in model.parameters()]
+        cfg = TrainConfig(max_iters=3, batch_size=batch_size, grad_accum_steps=accum, block_size=8, lr=0.1,
+                          warmup_iters=0, grad_clip=0.5, eval_interval=0, progress=False)
+        res = train(model, data, None, cfg)
+        results.append((res.train_losses, [p.detach() for p in model.parameters()]))
+        assert not any(torch.equal(a, b) for a, b in zip(start, results[-1][1]))  # it did train
+    (loss_big, params_big), (loss_acc, params_acc) = results
+    assert loss_big == pytest.approx(loss_acc, rel=1e-12)
+    for a, b in zip(params_big, params_acc):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_short_run_lowers_loss():
+    data = corpus()
+    res = train(tiny_gpt(), data[:2500], data[2500:], TrainConfig(max_iters=60, eval_interval=30, **FAST))
+    (step0, initial), *_, (last, final) = res.val_losses
+    assert step0 == 0 and last == 60
+    assert initial == pytest.approx(math.log(V), abs=0.2)  # an untrained model is uniform over the vocabulary
+    assert final < 0.5 * initial
+    assert res.final_val_loss == final and len(res.train_losses) == 60
+
+
+def test_runs_are_reproducible_on_cpu():
+    data = corpus()
+    cfg = TrainConfig(max_iters=5, eval_interval=0, **FAST)
+    a = train(tiny_gpt(dropout=0.1), data, None, cfg)
+    b = train(tiny_gpt(dropout=0.1), data, None, cfg)
+    assert a.train_losses == b.train_losses
+
+
+def test_frozen_params_untouched_by_train():
+    model = tiny_gpt()
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("transformer.h.1.")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    res = train(model, corpus(), None, TrainConfig(max_iters=3, eval_interval=0, weight_decay=0.1, **FAST))
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != p.requires_grad, n  # frozen: identical; trainable: changed
+    # AdamW keeps exp_avg and exp_avg_sq (float32) plus a float32 step count per trainable tensor
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert res.optimizer_state_bytes == sum(2 * 4 * p.numel() + 4 for p in trainable)
+
+
+def test_caller_param_groups_replace_the_default():
+    model = tiny_gpt()
+    frozen_by_lr = list(model.transformer.h[0].parameters())
+    rest = [p for n, p in model.named_parameters() if not n.startswith("transformer.h.0.")]
+    before = [p.detach().clone() for p in frozen_by_lr]
+    groups = [{"params": frozen_by_lr, "lr": 0.0}, {"params": rest}]  # lr 0 also cancels decoupled decay
+    train(model, corpus(), None, TrainConfig(max_iters=2, eval_interval=0, **FAST), param_groups=groups)
+    assert all(torch.equal(p, b) for p, b in zip(frozen_by_lr, before))
+    assert not torch.equal(model.transformer.h[1].mlp.c_fc.weight, tiny_gpt().transformer.h[1].mlp.c_fc.weight)
+
+
+def test_metrics_lines_and_callback_report_every_step(tmp_path):
+    seen = []
+    path = tmp_path / "logs" / "metrics.jsonl"
+    cfg = TrainConfig(max_iters=5, eval_interval=2, metrics_path=str(path), **FAST)
+    res = train(tiny_gpt(), corpus()[:2500], corpus()[2500:], cfg, callback=lambda step, m: seen.append((step, m)))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 4, 5] == [s for s, _ in seen]
+    assert [m["step"] for m in lines if "val_loss" in m] == [0, 2, 4, 5] == [s for s, _ in res.val_losses]
+    assert {"step", "loss", "lr", "tokens_per_sec", "elapsed"} <= set(lines[1])
+    assert [m["loss"] for m in lines[1:]] == res.train_losses
+
+
+def test_result_counts_tokens_and_time():
+    cfg = TrainConfig(max_iters=3, grad_accum_steps=2, eval_interval=0, **FAST)
+    res = train(tiny_gpt(), corpus(), corpus(), cfg)
+    assert res.tokens_seen == 3 * 4 * 2 * 16  # steps * batch * micro-steps * block
+    assert res.step_time_ms > 0 and res.tokens_per_sec > 0 and res.wall_time > 0
+    assert res.peak_memory_bytes > 0
+    assert res.val_losses == [(3, res.final_val_loss)]  # eval_interval 0: only at the end
+
+
+def test_estimate_loss_repeats_and_restores_mode():
+    model = tiny_gpt(dropout=0.5).train()
+    cfg = TrainConfig(**FAST)
+    a, b = estimate_loss(model, corpus(), cfg), estimate_loss(model, corpus(), cfg)
+    assert a == b  # same batches, and eval mode (dropout at 0.5 would make two calls differ)
+    assert model.training
+
+
+def test_gradient_checkpointing_gives_the_same_losses():
+    cfg = dict(max_iters=3, eval_interval=0, **FAST)
+    plain = train(tiny_gpt(), corpus(), None, TrainConfig(**cfg))
+    model = tiny_gpt()
+    ckpt = train(model, corpus(), None, TrainConfig(gradient_checkpointing=True, **cfg))
+    assert model.gradient_checkpointing
+    assert ckpt.train_losses == pytest.approx(plain.train_losses, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad, word", [
+    (dict(batch_size=0), "batch_size"), (dict(max_iters=-1), "max_iters"), (dict(block_size=1.5), "block_size"),
+    (dict(lr=0.0), "lr"), (dict(lr=1e-3, min_lr=1e-2), "min_lr"), (dict(grad_clip=-1.0), "grad_clip"),
+    (dict(device="tpu"), "device"),
+])
+def test_bad_config_values_raise(bad, word):
+    with pytest.raises(ValueError, match=word):
+        TrainConfig(**bad)
+
+
+def test_bad_training_inputs_raise():
+    with pytest.raises(ValueError, match="block_size=32 exceeds"):
+        train(tiny_gpt(), corpus(), None, TrainConfig(**{**FAST, "block_size": 32}))
+    with pytest.raises(ValueError, match="data has 10 tokens"):
+        train(tiny_gpt(), corpus(10), None, TrainConfig(**FAST))
+    model = tiny_gpt().requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(model, corpus(), None, TrainConfig(**FAST))
+    with pytest.raises(ValueError, match="extra"):
+        train(tiny_gpt(), corpus(), None, TrainConfig(**FAST), extra={"tokenizer": object()})
