@@ -11,6 +11,20 @@ from lora.inject import (
     unmerge_lora,
 )
 from lora.layer import LoRALinear, lora_scaling
+from lora.nf4 import (
+    NF4Weight,
+    bits_per_parameter,
+    block_absmax,
+    dequantize_nf4,
+    double_dequantize,
+    double_quantize,
+    nbytes,
+    nf4_codebook,
+    pack_nibbles,
+    quantize_nf4,
+    unpack_nibbles,
+)
+from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
 from lora.safetensors_io import atomic_write, load_file, save_file
 
@@ -18,3 +32,6 @@ __all__ = ["atomic_write", "load_file", "save_file"]
 __all__ += ["LoRALinear", "lora_scaling", "apply_lora", "disable_lora", "lora_layers", "mark_only_lora_trainable",
             "merge_and_unload", "merge_lora", "unmerge_lora", "count_parameters", "lora_plus_param_groups",
             "trainable_summary", "load_adapter", "lora_state_dict", "read_adapter_config", "save_adapter"]
+__all__ += ["NF4Weight", "bits_per_parameter", "block_absmax", "dequantize_nf4", "double_dequantize", "double_quantize",
+            "nbytes", "nf4_codebook", "pack_nibbles", "quantize_nf4", "unpack_nibbles", "LinearNF4",
+            "model_weight_bytes", "quantize_model"]

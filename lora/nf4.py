@@ -61,6 +61,14 @@ _CODEBOOK = nf4_codebook()
 _MIDPOINTS = (_CODEBOOK[:-1] + _CODEBOOK[1:]) / 2  # (15,) decision boundaries, float32 as bitsandbytes
 # byte -> (level of its high nibble, level of its low nibble): one lookup per byte dequantises two weights
 _BYTE_LEVELS = torch.stack([_CODEBOOK[torch.arange(256) >> 4], _CODEBOOK[torch.arange(256) & 0xF]], dim=1)  # (256, 2)
+_ON_DEVICE = {}  # (table name, device) -> copy, so a CUDA forward pass does not re-upload the tables
+
+
+def _table(name, device):
+    key = (name, device)
+    if key not in _ON_DEVICE:
+        _ON_DEVICE[key] = {"midpoints": _MIDPOINTS, "byte_levels": _BYTE_LEVELS}[name].to(device)
+    return _ON_DEVICE[key]
 
 
 def check_blocksize(blocksize):
@@ -119,7 +127,7 @@ def nearest_level(scaled):
     A value exactly on a midpoint goes to the LOWER level (bucketize's right=False counts the boundaries
     strictly below it), which is what bitsandbytes' kernels do (`x > midpoint` picks the upper one).
     """
-    return torch.bucketize(scaled, _MIDPOINTS.to(scaled.device), out_int32=True)
+    return torch.bucketize(scaled, _table("midpoints", scaled.device), out_int32=True)
 
 
 def _codes_for_blocks(blocks, absmax, last_is_partial):
@@ -200,7 +208,8 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
         absmax[start:stop] = chunk.abs().amax(dim=1)
         codes = _codes_for_blocks(chunk, absmax[start:stop], stop == nb and n % blocksize != 0)
         packed[start * blocksize // 2 : stop * blocksize // 2] = pack_nibbles(codes)
-    packed = packed[: (n + 1) // 2].clone()  # drop the padding bytes, keep a padding nibble for odd n (code 7)
+    if packed.numel() != (n + 1) // 2:  # drop the padding bytes, keep a padding nibble for odd n (code 7)
+        packed = packed[: (n + 1) // 2].clone()
     fields = dict(absmax=absmax, absmax_q=None, absmax_scale=None, absmax_mean=None)
     if double_quant:
         q, scale, mean = double_quantize(absmax, DQ_BLOCKSIZE)
@@ -213,8 +222,13 @@ def _require(cond, message):
         raise ValueError(f"inconsistent NF4Weight: {message}")
 
 
-def _check_consistent(q):
-    """Check that the stored tensors fit the recorded shape and blocksize (catches tampered objects)."""
+def check_nf4_weight(q):
+    """Raise ValueError unless q's stored tensors fit its recorded shape, dtype and blocksize.
+
+    Catches tampered or mixed-up objects (a truncated `packed`, scales from another tensor) before
+    they turn into a wrong weight or an index error deep in dequantisation.
+    """
+    _require(all(isinstance(t, torch.Tensor) for t in q.tensors().values()), "stored fields must be tensors or None")
     check_blocksize(q.blocksize)
     _require(all(isinstance(d, numbers.Integral) and d >= 0 for d in q.shape) and q.numel > 0,
              f"shape={q.shape!r} must be a tuple of sizes with at least one element")
@@ -253,10 +267,10 @@ def dequantize_nf4(q, dtype=None):
     Raises:
         ValueError: the stored tensors do not fit the recorded shape and blocksize.
     """
-    _check_consistent(q)
+    check_nf4_weight(q)
     n = q.numel
-    table = _BYTE_LEVELS.to(q.packed.device)
-    levels = F.embedding(q.packed.int(), table).reshape(-1)   # (ceil(n/2),) bytes -> (ceil(n/2), 2) -> (2·ceil(n/2),)
+    # one table lookup per byte yields both of its levels: (ceil(n/2),) -> (ceil(n/2), 2) -> (2·ceil(n/2),)
+    levels = F.embedding(q.packed.int(), _table("byte_levels", q.packed.device)).reshape(-1)
     blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs), a fresh tensor we may scale in place
     out = blocks.mul_(dequantized_absmax(q)[:, None]).reshape(-1)[:n]
     return out.reshape(q.shape).to(q.dtype if dtype is None else dtype)

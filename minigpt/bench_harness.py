@@ -183,6 +183,17 @@ def mib(nbytes):
     return None if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
+def human_bytes(nbytes):
+    """Bytes with a binary unit and three significant figures: "512 B", "30.8 KiB", "1.23 GiB"."""
+    if nbytes is None:
+        return None
+    for unit in ("B", "KiB", "MiB"):
+        if nbytes < 1024:
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.3g} GiB"
+
+
 def make_target(name, value, target, met, digits=3):
     """One checked target of a section: the measured value, the target in words, and whether it was met."""
     text = "n/a" if value is None else f"{value:.{digits}f}"

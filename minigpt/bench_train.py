@@ -18,6 +18,7 @@ import torch
 
 from minigpt.bench_harness import (
     current_rss_bytes,
+    human_bytes,
     make_section,
     make_target,
     mib,
@@ -48,13 +49,13 @@ def _train_models(quick):
 
 def build_model(preset, method, seed):
     """A GPT from `preset` prepared for `method` ("full", "lora" or "qlora"), in training mode."""
-    from lora.nf4_linear import quantize_model
-
     from lora.inject import apply_lora
 
     torch.manual_seed(seed)
     model = GPT(GPTConfig.from_preset(preset))
     if method == "qlora":
+        from lora.nf4_linear import quantize_model
+
         quantize_model(model, targets=QLORA_QUANTIZED)
     if method in ("lora", "qlora"):
         apply_lora(model, **LORA)
@@ -162,8 +163,8 @@ def _train_row(label, r, full):
     step_ratio = _ratio(r["step"]["median"], full["step"]["median"]) if full_ok else None
     return [label, r["method"], f"{r['trainable']:,}", ms(r["step"]["median"]), spread_ms(r["step"]),
             f"{r['tokens_per_s']:,.0f}", None if step_ratio is None else f"{step_ratio:.2f}",
-            mib(r["grad_bytes"]), mib(r["optimizer_bytes"]),
-            None if full_state is None else f"{state / full_state:.4f}", mib(r["weight_bytes"]),
+            human_bytes(r["grad_bytes"]), human_bytes(r["optimizer_bytes"]),
+            None if full_state is None else f"{state / full_state:.4f}", human_bytes(r["weight_bytes"]),
             mib(r["peak_rss_bytes"]), mib(r["peak_rss_bytes"] - r["baseline_rss_bytes"])]
 
 
@@ -181,8 +182,8 @@ def run_train_step(cfg):
         for method in ("full", "lora", "qlora"):
             rows.append(_train_row(label, by_method[method], by_method["full"]))
         targets += _train_targets(label, by_method)
-    headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full", "grad MiB",
-               "optim MiB", "(grad+optim) / full", "weights MiB", "peak RSS MiB", "peak - start MiB"]
+    headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full", "grads",
+               "optimizer state", "(grads+state) / full", "weights", "peak RSS MiB", "peak - start MiB"]
     shapes = ", ".join(f"{label} (B={b}, T={t})" for label, _, b, t, _ in _train_models(cfg.quick))
     notes = [f"models and batches: {shapes}; LoRA rank {LORA['rank']}, alpha {LORA['alpha']} on {LORA['targets']}; "
              f"QLoRA: {QLORA_QUANTIZED} quantised to NF4 with double quantisation, same adapters; a step is "

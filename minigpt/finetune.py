@@ -275,24 +275,34 @@ REPORT_KEYS = (
 
 # ---- command line ----
 
+FLAGS = (  # (field, type, help); the defaults are FinetuneConfig's
+    ("method", str, f"one of {list(METHODS)}"),
+    ("base", str, "tiny, scratch, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a GPT-2 folder"),
+    ("base_corpus", str, "text file to pretrain the tiny base on instead of the Python docs"),
+    ("base_preset", str, "GPTConfig preset of the tiny base"), ("base_steps", int, "pretraining steps of the tiny base"),
+    ("rank", int, "LoRA rank r"), ("alpha", float, "LoRA alpha (scaling alpha / r)"), ("dropout", float, "LoRA dropout"),
+    ("targets", str, "comma-separated module names, or all-linear"), ("steps", int, "fine-tuning steps"),
+    ("batch_size", int, "sequences per step"), ("block_size", int, "tokens per sequence (default min(128, base's))"),
+    ("lr", float, f"peak learning rate (default {DEFAULT_LR}, {SCRATCH_LR} from scratch)"),
+    ("device", str, f"one of {list(DEVICES)}"), ("out", str, "output folder (default runs/finetune-<method>)"),
+    ("seed", int, "seed of batches, LoRA init and samples"), ("eval_interval", int, "steps between evaluations"),
+    ("eval_batches", int, "validation batches per evaluation"), ("data", str, "tiny Shakespeare's input.txt"),
+    ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
+    ("cache_dir", str, "cache of tiny bases (default $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
+)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m minigpt.finetune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minigpt.finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = FinetuneConfig()
-    p.add_argument("--method", default=d.method, help=f"one of {list(METHODS)} (default {d.method})")
-    p.add_argument("--base", default=d.base, help="tiny, scratch, gpt2[-medium|-large|-xl] or a GPT-2 folder")
-    p.add_argument("--base-corpus", help="text file to pretrain the tiny base on (default: the Python docs)")
-    for name, kind in (("rank", int), ("alpha", float), ("dropout", float), ("steps", int), ("batch_size", int),
-                       ("block_size", int), ("lr", float), ("seed", int), ("eval_interval", int),
-                       ("eval_batches", int), ("base_steps", int), ("sample_tokens", int)):
-        default = getattr(d, name)
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
-                       help=f"default {default if default is not None else 'per method/base'}")
-    for name in ("targets", "device", "out", "data", "prompt", "base_preset", "cache_dir"):
-        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=f"default {getattr(d, name)}")
-    for name in ("compile", "resume", "overwrite"):
-        p.add_argument("--" + name, action="store_true")
+    for name, kind, help in FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name), help=help)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("--compare", action="store_true", help="full vs LoRA ranks 1-64 vs QLoRA vs scratch")
+    p.add_argument("--compare", action="store_true", help="full vs LoRA ranks 1-64 vs QLoRA vs scratch (runs/compare)")
     return p
 
 

@@ -1,5 +1,6 @@
 """minigpt.train: the schedule, the optimizer set-up, gradient accumulation, and what train() returns and writes."""
 
+import itertools
 import json
 import math
 
@@ -13,6 +14,15 @@ from minigpt.train import TrainConfig, configure_optimizer, estimate_loss, lr_at
 
 V = 64  # the "test" preset's vocabulary
 FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads slow them 10x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def corpus(n=3000):
@@ -47,7 +57,7 @@ def test_lr_schedule_hand_values():
     assert lr_at(109, cfg) == pytest.approx(0.1)   # decay end: min_lr
     assert lr_at(150, cfg) == pytest.approx(0.1)   # and after it
     decay = [lr_at(s, cfg) for s in range(9, 110)]
-    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert all(a > b for a, b in itertools.pairwise(decay))
 
 
 def test_lr_decay_ends_at_max_iters_by_default():
@@ -86,10 +96,10 @@ def test_grad_accumulation_equals_one_big_batch():
                           warmup_iters=0, grad_clip=0.5, eval_interval=0, progress=False)
         res = train(model, data, None, cfg)
         results.append((res.train_losses, [p.detach() for p in model.parameters()]))
-        assert not any(torch.equal(a, b) for a, b in zip(start, results[-1][1]))  # it did train
+        assert not any(torch.equal(a, b) for a, b in zip(start, results[-1][1], strict=True))  # it did train
     (loss_big, params_big), (loss_acc, params_acc) = results
     assert loss_big == pytest.approx(loss_acc, rel=1e-12)
-    for a, b in zip(params_big, params_acc):
+    for a, b in zip(params_big, params_acc, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -131,7 +141,7 @@ def test_caller_param_groups_replace_the_default():
     before = [p.detach().clone() for p in frozen_by_lr]
     groups = [{"params": frozen_by_lr, "lr": 0.0}, {"params": rest}]  # lr 0 also cancels decoupled decay
     train(model, corpus(), None, TrainConfig(max_iters=2, eval_interval=0, **FAST), param_groups=groups)
-    assert all(torch.equal(p, b) for p, b in zip(frozen_by_lr, before))
+    assert all(torch.equal(p, b) for p, b in zip(frozen_by_lr, before, strict=True))
     assert not torch.equal(model.transformer.h[1].mlp.c_fc.weight, tiny_gpt().transformer.h[1].mlp.c_fc.weight)
 
 

@@ -1,0 +1,146 @@
+"""LinearNF4: a frozen linear layer whose weight is stored in NF4 (QLoRA §3), and quantize_model.
+
+QLoRA = a LinearNF4 base under a LoRALinear: the 4-bit weight is dequantised for each forward pass,
+gradients flow through it to the input and to the float adapters, and the weight itself never trains.
+
+Shape legend:
+    d_in   in_features      d_out  out_features      ...  any leading dimensions (batch, time)
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, dequantize_nf4, quantize_nf4
+from lora.targets import resolve_targets, set_module
+
+_FIELDS = ("packed", "absmax", "absmax_q", "absmax_scale", "absmax_mean")  # NF4Weight tensors, stored as buffers
+
+
+class LinearNF4(nn.Module):
+    """x ↦ x dequant(W)ᵀ + b with W stored as NF4 codes and scales; nothing here trains.
+
+    The quantised tensors are buffers named weight_packed, weight_absmax (or weight_absmax_q,
+    weight_absmax_scale, weight_absmax_mean with double quantisation), so .to(device) moves them and
+    state_dict saves them. No float copy of W is kept. The bias stays in float, frozen.
+
+    Args:
+        weight_q: an NF4Weight of shape (d_out, d_in), from quantize_nf4.
+        bias: (d_out,) float tensor or None.
+        compute_dtype: dtype to dequantise to and compute in; None follows the input (and autocast).
+    Raises:
+        ValueError: weight_q is not 2-D or is inconsistent, or the bias does not have d_out entries.
+    """
+
+    def __init__(self, weight_q, bias=None, compute_dtype=None):
+        super().__init__()
+        check_nf4_weight(weight_q)
+        if len(weight_q.shape) != 2:
+            raise ValueError(f"LinearNF4 needs a 2-D (d_out, d_in) weight, got shape {tuple(weight_q.shape)}")
+        self.out_features, self.in_features = weight_q.shape
+        if bias is not None and tuple(bias.shape) != (self.out_features,):
+            raise ValueError(f"bias shape {tuple(bias.shape)} does not match out_features={self.out_features}")
+        for field in _FIELDS:
+            self.register_buffer(f"weight_{field}", getattr(weight_q, field))
+        self.weight_dtype, self.blocksize, self.dq_blocksize = weight_q.dtype, weight_q.blocksize, weight_q.dq_blocksize
+        self.compute_dtype = compute_dtype
+        if bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, linear, blocksize=64, double_quant=True, compute_dtype=None):
+        """Quantise an nn.Linear's weight (on its device); the bias is copied in float."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
+        q = quantize_nf4(linear.weight.detach(), blocksize=blocksize, double_quant=double_quant)
+        return cls(q, linear.bias, compute_dtype=compute_dtype)
+
+    @property
+    def weight_q(self):
+        """The NF4Weight held by the buffers (a view of them, not a copy)."""
+        tensors = {field: getattr(self, f"weight_{field}") for field in _FIELDS}
+        return NF4Weight(**tensors, shape=(self.out_features, self.in_features), dtype=self.weight_dtype,
+                         blocksize=self.blocksize, dq_blocksize=self.dq_blocksize)
+
+    def dequantize_weight(self, dtype=None):
+        """dequant(W), (d_out, d_in), in `dtype` (the original weight dtype when None)."""
+        return dequantize_nf4(self.weight_q, dtype=dtype)
+
+    def num_quantized_parameters(self):
+        """The logical number of weights, d_out · d_in (packing two per byte does not halve it)."""
+        return self.out_features * self.in_features
+
+    def forward(self, x):
+        """(..., d_in) -> (..., d_out): F.linear with W dequantised once per call.
+
+        The compute dtype is `compute_dtype` if set (the output is cast back to x's dtype, as
+        bitsandbytes does), else autocast's dtype when autocast is on (bf16 on CUDA), else x's dtype.
+        """
+        if self.compute_dtype is not None:
+            dtype = self.compute_dtype
+        elif torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        else:
+            dtype = x.dtype
+        bias = None if self.bias is None else self.bias.to(dtype)
+        out = F.linear(x.to(dtype), self.dequantize_weight(dtype), bias)
+        return out.to(x.dtype) if self.compute_dtype is not None else out
+
+    def _apply(self, fn, recurse=True):
+        # model.half() or .to(torch.bfloat16) would round the float32 scales and break dequantisation.
+        # Hand fn a uint8 view of each float buffer instead: device moves apply, dtype casts do not.
+        float_buffers = {k: b.dtype for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        for k in float_buffers:
+            self._buffers[k] = self._buffers[k].view(torch.uint8)
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            for k, dtype in float_buffers.items():
+                self._buffers[k] = self._buffers[k].view(dtype)
+
+    def extra_repr(self):
+        q = self.weight_q
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"blocksize={self.blocksize}, double_quant={q.double_quant}, bits_per_parameter={bits_per_parameter(q):.3f}")
+
+
+def model_weight_bytes(model):
+    """Bytes of the model's parameters and buffers, each tensor counted once (tied weights share one)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True, compute_dtype=None):
+    """Replace the targeted nn.Linear layers of `model` by LinearNF4, in place (QLoRA §3).
+
+    Targets follow apply_lora's rules (lora.targets): module-name suffixes, or "all-linear" for every
+    linear layer but the output head, which is what QLoRA quantises. Layers that are already LinearNF4
+    are left as they are, so a second call changes nothing. Quantise before adding LoRA adapters.
+
+    Args:
+        model: any nn.Module.
+        targets: module-name suffixes or "all-linear".
+        blocksize, double_quant, compute_dtype: passed to LinearNF4.from_linear.
+    Returns:
+        (bytes_before, bytes_after): model_weight_bytes before and after the swap.
+    Raises:
+        ValueError: bad targets; the model already has LoRA adapters; a targeted weight is shared with
+            another module (a tied output head), since quantising it would keep the float copy too.
+    """
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError("the model already has LoRA adapters; quantise the base model first, then apply LoRA")
+    chosen = resolve_targets(model, targets, types=(nn.Linear, LinearNF4))
+    owners = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    for name, module in chosen:
+        if isinstance(module, nn.Linear) and len(owners[id(module.weight)]) > 1:
+            raise ValueError(f"target {name!r}: its weight is shared by {owners[id(module.weight)]} (tied); "
+                             "quantising it would break the tie and keep a float copy, so leave it out of targets")
+    before = model_weight_bytes(model)
+    for name, module in chosen:
+        if isinstance(module, nn.Linear):
+            set_module(model, name, LinearNF4.from_linear(module, blocksize, double_quant, compute_dtype))
+    return before, model_weight_bytes(model)

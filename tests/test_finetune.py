@@ -1,0 +1,223 @@
+"""The fine-tuning job end to end, on a 2-layer 16-wide byte model pretrained for a few steps on a tiny corpus."""
+
+import dataclasses
+import json
+import pathlib
+import random
+
+import pytest
+import torch
+
+from lora import load_adapter
+from lora.inject import apply_lora
+from minigpt.base_model import BaseRecipe, tiny_base
+from minigpt.checkpoint import read_checkpoint
+from minigpt.compare import run_compare
+from minigpt.finetune import REPORT_KEYS, FinetuneConfig, format_report, main, run_finetune
+from minigpt.download import data_dir
+from minigpt.model import GPT, GPTConfig
+from minigpt.pretrained import save_pretrained
+
+METHODS = ("full", "lora", "qlora")
+
+
+def _text(seed, n_words):
+    rng = random.Random(seed)
+    words = "the king and queen of rome shall speak to thee my lord good night what say you".split()
+    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # a 16-wide model gains nothing from a second thread, and OpenMP threads that wait for a busy
+    # core make each step up to 50x slower when other processes share the machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    (root / "corpus.txt").write_text(_text(0, 3000), encoding="utf-8")
+    (root / "play.txt").write_text(_text(1, 6000).upper(), encoding="utf-8")  # the shift: upper case
+    return root
+
+
+def _cfg(files, method, name=None, **kw):
+    fields = dict(method=method, base_corpus=str(files / "corpus.txt"), base_preset="test", base_steps=60, lr=1e-2,
+                  data=str(files / "play.txt"), cache_dir=str(files / "cache"), out=str(files / (name or method)),
+                  rank=4, steps=30, batch_size=8, block_size=16, eval_interval=10, eval_batches=4,
+                  sample_tokens=8, prompt="THE ", device="cpu", progress=False)
+    return FinetuneConfig(**{**fields, **kw})
+
+
+@pytest.fixture(scope="module")
+def runs(files):
+    return {m: (_cfg(files, m), run_finetune(_cfg(files, m))) for m in METHODS}
+
+
+def _trained_model(cfg, report):
+    """A fresh base with the final trainable weights of the run's checkpoint (not its adapter files)."""
+    model = GPT.from_pretrained(report["base_path"])
+    if cfg.method == "qlora":
+        from lora.nf4_linear import quantize_model
+        quantize_model(model, "all-linear")
+    if cfg.method != "full":
+        apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, "all-linear")
+    model.load_state_dict(read_checkpoint(cfg.out)["model"], strict=False)
+    return model.eval()
+
+
+def _batch():
+    return torch.tensor([list(b"THE KING AND QUE"), list(b"GOOD NIGHT MY LO")])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_val_loss_goes_down(runs, method):
+    report = runs[method][1]
+    assert report["val_loss_after"] < report["val_loss_before"] - 0.1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_report_json_holds_every_field(runs, method):
+    cfg, report = runs[method]
+    assert set(report) == set(REPORT_KEYS)
+    out = pathlib.Path(cfg.out)
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    for name in ("config.json", "metrics.jsonl", "loss_curve.png", "merged/model.safetensors"):
+        assert (out / name).is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() == (method != "full")
+    assert "trainable params: " in report["params_summary"] and report["total_params"] >= report["trainable_params"] > 0
+    assert format_report(report).count("\n") >= 5
+
+
+def test_lora_trains_r_times_din_plus_dout_per_layer(runs):
+    # per block, (d_in + d_out) summed over c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj is 4C + 2C + 5C + 5C
+    C, n_layer, rank = 16, 2, 4
+    assert runs["lora"][1]["trainable_params"] == rank * 16 * C * n_layer
+    assert runs["qlora"][1]["trainable_params"] == runs["lora"][1]["trainable_params"]
+    # NF4 stores the 12 C^2 weights per block in ~4.13 bits instead of 32: at least 80% of their bytes go
+    saved = runs["qlora"][1]["quantized_bytes_before"] - runs["qlora"][1]["quantized_bytes_after"]
+    assert saved > 0.8 * 4 * 12 * C * C * n_layer
+
+
+def test_base_is_pretrained_once_then_cached(runs):
+    cached = [runs[m][1]["base_cached"] for m in METHODS]
+    assert cached == [False, True, True]
+    assert len({runs[m][1]["base_path"] for m in METHODS}) == 1
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_reloads_into_fresh_base_exactly(runs, method):
+    cfg, report = runs[method]
+    model = GPT.from_pretrained(report["base_path"])
+    if method == "qlora":
+        from lora.nf4_linear import quantize_model
+        quantize_model(model, "all-linear")
+    load_adapter(model, pathlib.Path(cfg.out) / "adapter")
+    with torch.no_grad():
+        assert torch.equal(model.eval()(_batch())[0], _trained_model(cfg, report)(_batch())[0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_model_reloads_and_matches(runs, method):
+    cfg, report = runs[method]
+    merged = GPT.from_pretrained(pathlib.Path(cfg.out) / "merged").eval()
+    with torch.no_grad():
+        diff = (merged(_batch())[0] - _trained_model(cfg, report)(_batch())[0]).abs().max().item()
+    assert diff < 1e-4
+    if method != "full":
+        assert 0 <= report["merged_max_abs_logit_diff"] < 1e-4
+
+
+def _losses(cfg):
+    lines = (pathlib.Path(cfg.out) / "metrics.jsonl").read_text().splitlines()
+    return [(m["step"], m.get("loss"), m.get("val_loss")) for m in map(json.loads, lines)]
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_gives_the_same_losses(files, runs, method):
+    cfg = _cfg(files, method, name=f"{method}-resumed")
+
+    def interrupt(step, metrics):
+        if step == 25:  # after the checkpoint of step 20
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(cfg, callback=interrupt)
+    report = run_finetune(dataclasses.replace(cfg, resume=True))
+    assert report["resumed_from_step"] == 20
+    assert _losses(cfg) == _losses(runs[method][0])
+    assert report["val_loss_after"] == runs[method][1]["val_loss_after"]
+
+
+@pytest.mark.skipif(not (data_dir() and (data_dir() / "gpt2" / "vocab.bpe").is_file()),
+                    reason="needs GPT-2's BPE files in $MINIGPT_DATA_DIR/gpt2")
+def test_gpt2_layout_folder_fine_tunes_with_bpe_and_short_blocks(files):
+    folder = files / "gpt2-like"
+    torch.manual_seed(0)
+    save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16)), folder)
+    cfg = _cfg(files, "lora", name="gpt2-like-lora", base=str(folder), base_corpus=None, steps=10)
+    report = run_finetune(cfg)
+    assert report["val_loss_after"] < report["val_loss_before"]
+    assert report["trainable_params"] == 4 * 16 * 16  # one block: r * 16 C
+    assert (files / "gpt2-like-lora" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_compare_writes_table_and_plot(files):
+    summary = run_compare(_cfg(files, "lora", name="compare", steps=10), ranks=(1, 4))
+    assert list(summary["reports"]) == ["full", "lora-r1", "lora-r4", "qlora-r8", "scratch"]
+    table = (files / "compare" / "compare.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 5 and (files / "compare" / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(method="dora"), "method='dora'"),
+    (dict(base="gpt5"), "base='gpt5'"),
+    (dict(rank=17), "rank=17"),
+    (dict(steps=0), "steps=0"),
+    (dict(batch_size=-1), "batch_size=-1"),
+    (dict(targets="c_nothing"), "c_nothing"),
+    (dict(block_size=17), "block_size=17"),
+])
+def test_bad_config_raises_before_anything_is_written(files, change, match):
+    cfg = dataclasses.replace(_cfg(files, "lora", name="bad"), **change)
+    with pytest.raises(ValueError, match=match):
+        run_finetune(cfg)
+    assert not (files / "bad").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"abc\x00def", b"\xff\xfe bad"])
+def test_bad_corpus_raises_before_anything_is_written(files, tmp_path, content):
+    (tmp_path / "c.txt").write_bytes(content)
+    cfg = dataclasses.replace(_cfg(files, "lora"), base_corpus=str(tmp_path / "c.txt"), out=str(tmp_path / "o"),
+                              cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="c.txt"):
+        run_finetune(cfg)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
+
+
+def test_out_holding_another_run_is_refused(runs):
+    cfg, _ = runs["lora"]
+    before = {p.name: p.stat().st_mtime_ns for p in pathlib.Path(cfg.out).iterdir()}
+    with pytest.raises(ValueError, match=r"another configuration: rank=4 \(here 2\)"):
+        run_finetune(dataclasses.replace(cfg, rank=2))
+    with pytest.raises(ValueError, match="another configuration"):
+        run_finetune(dataclasses.replace(cfg, rank=2, resume=True))
+    assert {p.name: p.stat().st_mtime_ns for p in pathlib.Path(cfg.out).iterdir()} == before
+
+
+def test_cli_prints_one_line_and_exits_2_on_bad_input(capsys):
+    assert main(["--method", "sft"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "method='sft'" in err
+
+
+def test_cached_base_has_the_same_weights(files):
+    recipe = BaseRecipe(preset="test", steps=40, corpus=str(files / "corpus.txt"))
+    a, info_a = tiny_base(recipe, device="cpu", root=files / "cache2", progress=False)
+    b, info_b = tiny_base(recipe, device="cpu", root=files / "cache2", progress=False)
+    assert (info_a["cached"], info_b["cached"]) == (False, True)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -1,0 +1,177 @@
+"""LinearNF4 and quantize_model (lora/nf4_linear.py), and QLoRA: LoRALinear over a LinearNF4 base."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lora.inject import apply_lora, merge_and_unload
+from lora.layer import LoRALinear
+from lora.nf4 import dequantize_nf4, nbytes, quantize_nf4
+from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
+from lora.nf4_report import nf4_storage_bytes
+from lora.params import count_parameters
+from lora.safetensors_io import load_file, save_file
+from minigpt.model import GPT, GPTConfig
+
+D_IN, D_OUT = 128, 48
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+def make_layer(bias=True, double_quant=True, **kw):
+    linear = nn.Linear(D_IN, D_OUT, bias=bias)
+    return linear, LinearNF4.from_linear(linear, double_quant=double_quant, **kw)
+
+
+def tiny_gpt():
+    return GPT(GPTConfig.from_preset("test")).eval()
+
+
+# --- the layer ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_output_equals_linear_on_dequantized_weight(bias, double_quant):
+    linear, layer = make_layer(bias, double_quant)
+    x = torch.randn(3, 5, D_IN)
+    w = dequantize_nf4(quantize_nf4(linear.weight, double_quant=double_quant))
+    assert torch.equal(layer(x), F.linear(x, w, linear.bias))
+    assert torch.equal(layer.dequantize_weight(), w) and w.shape == (D_OUT, D_IN)
+    assert not torch.equal(w, linear.weight)  # the weight really was quantised
+
+
+def test_forced_compute_dtype_runs_in_bf16_and_returns_input_dtype():
+    linear, layer = make_layer(compute_dtype=torch.bfloat16)
+    x = torch.randn(4, D_IN)
+    expected = F.linear(x.bfloat16(), layer.dequantize_weight(torch.bfloat16), linear.bias.bfloat16()).float()
+    out = layer(x)
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
+def test_autocast_dequantises_to_the_autocast_dtype():
+    _, layer = make_layer()
+    x = torch.randn(4, D_IN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+        expected = F.linear(x, layer.dequantize_weight(torch.bfloat16), layer.bias)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def test_no_float_weight_is_kept_and_nothing_requires_grad():
+    linear, layer = make_layer()
+    assert [name for name, _ in layer.named_parameters()] == ["bias"]
+    assert all(not p.requires_grad for p in layer.parameters())
+    buffers = dict(layer.named_buffers())
+    assert set(buffers) == {"weight_packed", "weight_absmax_q", "weight_absmax_scale", "weight_absmax_mean"}
+    assert sum(b.numel() * b.element_size() for b in buffers.values()) == nbytes(layer.weight_q)
+    assert layer.num_quantized_parameters() == D_OUT * D_IN
+    assert count_parameters(layer) == (0, D_OUT * D_IN + D_OUT)  # logical count, packing does not halve it
+
+
+def test_state_dict_roundtrip_restores_outputs(tmp_path):
+    _, layer = make_layer()
+    path = tmp_path / "nf4.safetensors"
+    save_file(layer.state_dict(), path)
+    _, fresh = make_layer()  # another random weight of the same shape
+    x = torch.randn(2, D_IN)
+    assert not torch.equal(fresh(x), layer(x))
+    tensors, _ = load_file(path)
+    fresh.load_state_dict(tensors)
+    assert torch.equal(fresh(x), layer(x))
+
+
+def test_half_casts_bias_but_keeps_quantised_state():
+    _, layer = make_layer()
+    w = layer.dequantize_weight()
+    dtypes = {k: b.dtype for k, b in layer.named_buffers()}
+    layer.half()
+    assert {k: b.dtype for k, b in layer.named_buffers()} == dtypes  # float32 scales not rounded to fp16
+    assert torch.equal(layer.dequantize_weight(), w) and layer.bias.dtype == torch.float16
+    assert layer(torch.randn(2, D_IN, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_bad_construction_raises():
+    with pytest.raises(ValueError, match="nn.Linear"):
+        LinearNF4.from_linear(nn.Conv1d(2, 2, 1))
+    with pytest.raises(ValueError, match="2-D"):
+        LinearNF4(quantize_nf4(torch.randn(64)))
+    with pytest.raises(ValueError, match="bias shape"):
+        LinearNF4(quantize_nf4(torch.randn(4, 64)), bias=torch.zeros(5))
+
+
+# --- quantize_model -----------------------------------------------------------------------------
+
+def test_quantize_model_swaps_linears_and_reports_bytes():
+    model = tiny_gpt()
+    linears = {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+    idx = torch.randint(0, 64, (2, 16))
+    logits_before, _ = model(idx)
+    before, after = quantize_model(model)
+    assert before == model_weight_bytes(tiny_gpt())
+    # each weight's float32 bytes are replaced by what quantize_nf4 stores for it
+    assert after == before - sum(4 * n for n in linears.values()) + sum(nf4_storage_bytes(n, 64, True) for n in linears.values())
+    assert all(isinstance(model.get_submodule(n), LinearNF4) for n in linears)
+    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.transformer.wte.weight
+    logits_after, _ = model(idx)
+    assert 0 < (logits_after - logits_before).abs().max() < 0.1 * logits_before.abs().max()
+    assert quantize_model(model) == (after, after)  # a second call changes nothing
+
+
+def test_quantize_model_targets_by_suffix():
+    model = tiny_gpt()
+    quantize_model(model, targets=["c_attn"], double_quant=False)
+    kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.endswith(("c_attn", "c_fc"))}
+    assert kinds == {"transformer.h.0.attn.c_attn": "LinearNF4", "transformer.h.1.attn.c_attn": "LinearNF4",
+                     "transformer.h.0.mlp.c_fc": "Linear", "transformer.h.1.mlp.c_fc": "Linear"}
+
+
+def test_quantize_model_refuses_tied_head_and_lora_models():
+    with pytest.raises(ValueError, match="tied"):
+        quantize_model(tiny_gpt(), targets=["lm_head"])
+    model = apply_lora(tiny_gpt(), rank=2, alpha=4)
+    with pytest.raises(ValueError, match="LoRA"):
+        quantize_model(model)
+    with pytest.raises(ValueError, match="nope"):
+        quantize_model(tiny_gpt(), targets=["nope"])
+
+
+# --- QLoRA: LoRALinear over LinearNF4 ------------------------------------------------------------
+
+def test_qlora_with_B_zero_equals_the_nf4_layer():
+    _, base = make_layer()
+    qlora = LoRALinear(base, rank=4, alpha=8)
+    x = torch.randn(3, D_IN)
+    assert torch.equal(qlora(x), base(x))
+
+
+def test_qlora_gradients_reach_only_A_and_B():
+    _, base = make_layer()
+    qlora = LoRALinear(base, rank=4, alpha=8)
+    with torch.no_grad():
+        qlora.lora_B.normal_()  # with B = 0, A's gradient would be zero
+    x = torch.randn(3, D_IN, requires_grad=True)
+    qlora(x).pow(2).sum().backward()
+    trainable = {n for n, p in qlora.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A", "lora_B"}
+    assert qlora.lora_A.grad.abs().max() > 0 and qlora.lora_B.grad.abs().max() > 0
+    assert base.bias.grad is None and x.grad.abs().max() > 0  # the gradient flows through dequant(W) to x
+
+
+def test_qlora_merge_and_unload_gives_dequantized_plus_delta():
+    model = tiny_gpt()
+    quantize_model(model, targets=["c_attn"])
+    apply_lora(model, rank=2, alpha=4, targets=["c_attn"])
+    layer = model.transformer.h[0].attn.c_attn
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = layer.base.dequantize_weight() + layer.delta_weight()
+    idx = torch.randint(0, 64, (2, 16))
+    logits, _ = model(idx)
+    merge_and_unload(model)
+    merged = model.transformer.h[0].attn.c_attn
+    assert type(merged) is nn.Linear and torch.equal(merged.weight, expected)
+    assert torch.allclose(model(idx)[0], logits, atol=1e-5)
