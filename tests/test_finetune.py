@@ -159,7 +159,8 @@ def test_gpt2_layout_folder_fine_tunes_with_bpe_and_short_blocks(files):
     folder = files / "gpt2-like"
     torch.manual_seed(0)
     save_pretrained(GPT(GPTConfig(vocab_size=50257, block_size=64, n_layer=1, n_head=2, n_embd=16)), folder)
-    cfg = _cfg(files, "lora", name="gpt2-like-lora", base=str(folder), base_corpus=None, steps=10)
+    cfg = _cfg(files, "lora", name="gpt2-like-lora", base=str(folder), base_corpus=None,
+               steps=6, eval_interval=3, eval_batches=2)
     report = run_finetune(cfg)
     assert report["val_loss_after"] < report["val_loss_before"]
     assert report["trainable_params"] == 4 * 16 * 16  # one block: r * 16 C
