@@ -145,6 +145,20 @@ def peak_rss_bytes():
     return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 
 
+def reset_peak_rss():
+    """Restart the peak-memory counter (VmHWM) from the current resident size; True where supported.
+
+    Linux's /proc/self/clear_refs accepts "5" for exactly this. It lets a job report the peak of its
+    training steps apart from the peak of building the model (a QLoRA model is built in float first).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def run_isolated(job, kwargs, timeout):
     """Run `job` ("package.module:function") with kwargs in a fresh Python process.
 

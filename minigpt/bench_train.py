@@ -24,7 +24,9 @@ from minigpt.bench_harness import (
     mib,
     ms,
     optimizer_state_bytes,
+    peak_rss_bytes,
     pin_threads,
+    reset_peak_rss,
     run_isolated,
     spread_ms,
     tensor_bytes,
@@ -108,12 +110,13 @@ def storage_bytes(model):
 
 
 def train_step_job(preset, method, batch, seq_len, threads, warmup, repeats, seed):
-    """Subprocess job of section 1: byte counts and step timing for one model and method."""
+    """Subprocess job of section 1: byte counts, step timing and peak memory for one model and method."""
     pin_threads(threads)
-    baseline = current_rss_bytes()  # torch imported, nothing built yet
+    start_rss = current_rss_bytes()  # torch imported, nothing built yet
     model = build_model(preset, method, seed)
     x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    build_peak = peak_rss_bytes()  # QLoRA builds the float model first, then quantises it
+    training_peak_known = reset_peak_rss()
     optimizer = make_optimizer(model)
     # one step by hand, to read gradients and optimizer state from the tensors themselves
     _, loss = model(x, y)
@@ -123,11 +126,15 @@ def train_step_job(preset, method, batch, seq_len, threads, warmup, repeats, see
     optimizer.zero_grad(set_to_none=True)
     total, quant, quant_fp32 = storage_bytes(model)
     timing = time_fn(make_step(model, optimizer, x, y), warmup, repeats)
+    train_peak = peak_rss_bytes()
     return dict(preset=preset, method=method, batch=batch, seq_len=seq_len, threads=torch.get_num_threads(),
-                params=sum(p.numel() for p in model.parameters()), trainable=sum(p.numel() for p in trainable),
+                params=sum(p.numel() for p in model.parameters()),
+                trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 grad_bytes=grad_bytes, optimizer_bytes=optimizer_state_bytes(optimizer), weight_bytes=total,
                 quantized_bytes=quant, quantized_fp32_bytes=quant_fp32, step=timing,
-                tokens_per_s=batch * seq_len / timing["median"], baseline_rss_bytes=baseline)
+                tokens_per_s=batch * seq_len / timing["median"], start_rss_bytes=start_rss,
+                process_peak_rss_bytes=max(build_peak, train_peak),
+                training_peak_rss_bytes=train_peak if training_peak_known else None)
 
 
 def _ratio(a, b):
@@ -165,7 +172,7 @@ def _train_row(label, r, full):
             f"{r['tokens_per_s']:,.0f}", None if step_ratio is None else f"{step_ratio:.2f}",
             human_bytes(r["grad_bytes"]), human_bytes(r["optimizer_bytes"]),
             None if full_state is None else f"{state / full_state:.4f}", human_bytes(r["weight_bytes"]),
-            mib(r["peak_rss_bytes"]), mib(r["peak_rss_bytes"] - r["baseline_rss_bytes"])]
+            mib(r["process_peak_rss_bytes"]), mib(r["training_peak_rss_bytes"])]
 
 
 def run_train_step(cfg):
@@ -182,14 +189,18 @@ def run_train_step(cfg):
         for method in ("full", "lora", "qlora"):
             rows.append(_train_row(label, by_method[method], by_method["full"]))
         targets += _train_targets(label, by_method)
+    starts = [r["start_rss_bytes"] for r in results if r.get("status") == "ok"]
+    start = mib(min(starts)) if starts else "?"
     headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full", "grads",
-               "optimizer state", "(grads+state) / full", "weights", "peak RSS MiB", "peak - start MiB"]
+               "optimizer state", "(grads+state) / full", "weights", "peak RSS MiB", "training peak MiB"]
     shapes = ", ".join(f"{label} (B={b}, T={t})" for label, _, b, t, _ in _train_models(cfg.quick))
     notes = [f"models and batches: {shapes}; LoRA rank {LORA['rank']}, alpha {LORA['alpha']} on {LORA['targets']}; "
              f"QLoRA: {QLORA_QUANTIZED} quantised to NF4 with double quantisation, same adapters; a step is "
              "forward, backward, clip_grad_norm_(1.0), AdamW (minigpt.train.configure_optimizer), zero_grad.",
-             "bytes are read from the tensors (p.grad, optimizer.state, parameters and buffers); peak RSS is the "
-             "subprocess's high-water mark (VmHWM), 'start' its resident memory after importing torch."]
+             "bytes are read from the tensors (p.grad, optimizer.state, parameters and buffers). Peak RSS: the "
+             "subprocess's resident high-water mark (VmHWM) over its whole life; training peak: the same counter "
+             "restarted once the model is built (QLoRA builds a float model, then quantises it). "
+             f"Importing torch alone takes {start} MiB."]
     return make_section("Training step: full fine-tuning vs LoRA vs QLoRA", [dict(headers=headers, rows=rows)],
                         targets, notes, results)
 

@@ -43,6 +43,7 @@ def checkpoint_path(path):
 
 
 def rank_world():
+    """(rank, world size) of this process; (0, 1) outside a distributed run."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

