@@ -100,14 +100,16 @@ class LoRALinear(nn.Module):
         """(..., d_in) -> (..., d_out): base(x) + (α / r) · dropout(x) Aᵀ Bᵀ.
 
         The low-rank path costs r·(d_in + d_out) multiply-adds per token and never builds ΔW. It runs
-        in x's dtype, so fp32 adapters work with a bf16 base or under autocast.
+        in x's dtype, so fp32 adapters work with a bf16 base or under autocast. The scaling multiplies
+        the r-wide intermediate rather than the d_out-wide result: the same product, but a pass over
+        r numbers per token instead of d_out, in forward and again in backward.
         """
         out = self.base(x)
         if self.merged or self.disabled:  # merged: ΔW already sits in base.weight
             return out
         A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        side = self.dropout(x) @ A.T @ B.T  # (..., d_in) -> (..., r) -> (..., d_out)
-        return out + self.scaling * side
+        h = (self.dropout(x) @ A.T) * self.scaling  # (..., d_in) -> (..., r)
+        return out + h @ B.T                         # (..., r) -> (..., d_out)
 
     def merge(self):
         """W ← W + ΔW in place, so forward costs what the base alone costs (LoRA §4.1, no inference latency).

@@ -269,8 +269,11 @@ def dequantize_nf4(q, dtype=None):
     """
     check_nf4_weight(q)
     n = q.numel
-    # one table lookup per byte yields both of its levels: (ceil(n/2),) -> (ceil(n/2), 2) -> (2·ceil(n/2),)
-    levels = F.embedding(q.packed.int(), _table("byte_levels", q.packed.device)).reshape(-1)
+    # one table lookup per byte yields both of its levels. The (256, 2) float32 table is read as 256
+    # int64 pairs, so each lookup copies one 8-byte element: several times faster on a CPU than
+    # F.embedding's 2-wide rows. (ceil(n/2),) -> (ceil(n/2),) int64 -> (2·ceil(n/2),) float32
+    pairs = _table("byte_levels", q.packed.device).view(torch.int64).reshape(-1)  # (256,)
+    levels = pairs.index_select(0, q.packed.int()).view(torch.float32)
     blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs), a fresh tensor we may scale in place
     out = blocks.mul_(dequantized_absmax(q)[:, None]).reshape(-1)[:n]
     return out.reshape(q.shape).to(q.dtype if dtype is None else dtype)

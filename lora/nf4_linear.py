@@ -17,6 +17,31 @@ from lora.targets import resolve_targets, set_module
 _FIELDS = ("packed", "absmax", "absmax_q", "absmax_scale", "absmax_mean")  # NF4Weight tensors, stored as buffers
 
 
+# Note: Why backward dequantises again
+# F.linear saves its weight for backward, because the input gradient is grad_out · W. Called on the
+# dequantised W, it would keep a float copy of every quantised matrix alive from its forward to its
+# backward, so at the start of backward all of them are in memory at once and QLoRA's training peak
+# would exceed plain LoRA's. _LinearDequantized keeps a reference to the layer instead (its 4-bit
+# buffers) and dequantises W a second time in backward: a little more compute for the memory that
+# QLoRA exists to save. bitsandbytes' 4-bit matmul makes the same trade.
+
+
+class _LinearDequantized(torch.autograd.Function):
+    """y = x dequant(W)ᵀ + b, saving the quantised layer rather than dequant(W) for backward."""
+
+    @staticmethod
+    def forward(ctx, x, layer, dtype, bias):
+        ctx.layer, ctx.dtype = layer, dtype
+        return F.linear(x, layer.dequantize_weight(dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        # W is frozen: only the input (and a bias that was unfrozen by hand) can need a gradient
+        grad_x = grad_out @ ctx.layer.dequantize_weight(ctx.dtype) if ctx.needs_input_grad[0] else None  # (..., d_in)
+        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.needs_input_grad[3] else None
+        return grad_x, None, None, grad_bias
+
+
 class LinearNF4(nn.Module):
     """x ↦ x dequant(W)ᵀ + b with W stored as NF4 codes and scales; nothing here trains.
 
@@ -73,7 +98,7 @@ class LinearNF4(nn.Module):
         return self.out_features * self.in_features
 
     def forward(self, x):
-        """(..., d_in) -> (..., d_out): F.linear with W dequantised once per call.
+        """(..., d_in) -> (..., d_out): F.linear with W dequantised once per call (and once more in backward).
 
         The compute dtype is `compute_dtype` if set (the output is cast back to x's dtype, as
         bitsandbytes does), else autocast's dtype when autocast is on (bf16 on CUDA), else x's dtype.
@@ -85,7 +110,7 @@ class LinearNF4(nn.Module):
         else:
             dtype = x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        out = F.linear(x.to(dtype), self.dequantize_weight(dtype), bias)
+        out = _LinearDequantized.apply(x.to(dtype), self, dtype, bias)
         return out.to(x.dtype) if self.compute_dtype is not None else out
 
     def _apply(self, fn, recurse=True):

@@ -18,7 +18,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 
 import torch
@@ -26,6 +25,7 @@ import torch
 from minigpt.corpus import read_corpus_file, sha256_text, stdlib_corpus
 from minigpt.data import encode_text, split_train_val
 from minigpt.download import cache_dir
+from minigpt.finetune_io import temp_dir
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import GPT2_NAMES, config_from_hf, load_pretrained, save_pretrained
 from minigpt.tokenizer import get_tokenizer
@@ -39,7 +39,7 @@ KEY_VERSION = 1  # bump when the recipe below changes in a way the key does not 
 class BaseRecipe:
     """How the tiny base is pretrained; every field is part of its cache key."""
     preset: str = "tiny"        # GPTConfig preset (the vocabulary is always 256 bytes)
-    steps: int = 1500           # optimizer steps of pretraining
+    steps: int = 800            # optimizer steps of pretraining
     batch_size: int = 16        # sequences per step, each of the preset's block_size bytes
     lr: float = 2e-3            # peak learning rate (warm-up, cosine decay to lr / 10)
     seed: int = 1337
@@ -137,7 +137,7 @@ def tiny_base(recipe, device="auto", root=None, progress=True):
 def _publish(folder, model, info):
     """Write the base into a temporary sibling folder, then rename it to `folder` in one step."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp = temp_dir(folder.parent, folder.name)
     try:
         save_pretrained(model, tmp)
         (tmp / "base.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -164,7 +164,8 @@ def load_base(base, recipe, device="auto", root=None, progress=True):
         model, info = GPT(base_config(SCRATCH, recipe)), {"path": None, "cached": False}
     else:
         base_config(base, recipe)  # the same error for a bad name whether or not it is loaded
-        model = load_pretrained(base)
-        info = {"path": str(base), "cached": base not in GPT2_NAMES or (cache_dir() / base).is_dir()}
+        root = pathlib.Path(root or cache_dir())
+        info = {"path": str(base), "cached": base not in GPT2_NAMES or (root / base / "model.safetensors").is_file()}
+        model = load_pretrained(base, cache_dir=root)
     return model, dict(info, base=base)
 

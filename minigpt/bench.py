@@ -29,14 +29,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from lora.safetensors_io import atomic_write
-from minigpt.bench_harness import pin_threads
+from minigpt.bench_harness import load_average, pinned_threads
 
 SECTIONS = {
     1: ("train_step", "minigpt.bench_train:run_train_step"),
     2: ("inference", "minigpt.bench_infer:run_inference"),
     3: ("lora_layer", "minigpt.bench_infer:run_lora_layer"),
     4: ("nf4", "minigpt.bench_nf4:run_nf4"),
-    5: ("throughput", "minigpt.bench_train:run_throughput"),
+    5: ("throughput", "minigpt.bench_throughput:run_throughput"),
 }
 
 
@@ -110,12 +110,24 @@ def cpu_name():
 
 
 def machine_info(cfg):
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return dict(cpu=cpu_name(), logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
                 torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
-                date=datetime.datetime.now().isoformat(timespec="seconds"), load_average_before=load,
+                date=datetime.datetime.now().isoformat(timespec="seconds"), load_average_before=load_average(),
                 command="python -m minigpt.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m minigpt.bench",
                 quick=cfg.quick, warmup=cfg.warmup, repeats=cfg.repeats)
+
+
+def busy_warning(load, threads, cpus):
+    """A warning when other processes already use the cores the benchmark's threads need, else None.
+
+    Timings then measure the scheduler more than the code: with more runnable threads than cores,
+    OpenMP threads wait for each other at every parallel region, and single steps stretch by whole
+    scheduler time slices.
+    """
+    if not load or not cpus or load[0] + threads <= cpus + 0.5:
+        return None
+    return (f"load average {load[0]} with {threads} benchmark thread(s) on {cpus} CPUs: other processes are "
+            "running, so timings will be noisy (wait for a quiet machine, or use fewer --threads)")
 
 
 def _cell(value):
@@ -154,21 +166,27 @@ def _import(path):
 
 
 def run(cfg, emit=print):
-    """Run the chosen sections; emit each rendered section as it finishes; return the results dict."""
-    pin_threads(cfg.threads)
-    meta = machine_info(cfg)
-    emit(f"# minigpt benchmarks\n\nCPU: {meta['cpu']} | threads: {meta['threads']} (torch.set_num_threads) | "
-         f"torch {meta['torch']} | load average before: {meta['load_average_before']}\n")
-    results = dict(meta=meta, config=asdict(cfg), sections={})
-    for number in cfg.sections:
-        key, path = SECTIONS[number]
-        start = time.perf_counter()
-        section = _import(path)(cfg)
-        section["seconds"] = round(time.perf_counter() - start, 1)
-        results["sections"][key] = section
-        emit(render_section(number, section) + "\n")
-    meta["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    emit(f"load average after: {meta['load_average_after']}")
+    """Run the chosen sections; emit each rendered section as it finishes; return the results dict.
+
+    The thread count is pinned for the run and restored afterwards.
+    """
+    with pinned_threads(cfg.threads):
+        meta = machine_info(cfg)
+        emit(f"# minigpt benchmarks\n\nCPU: {meta['cpu']} | threads: {meta['threads']} (torch.set_num_threads) | "
+             f"torch {meta['torch']} | load average (1, 5, 15 min) before: {meta['load_average_before']}\n")
+        busy = busy_warning(meta["load_average_before"], cfg.threads, meta["logical_cpus"])
+        if busy:
+            emit(f"WARNING: {busy}\n")
+        results = dict(meta=meta, config=asdict(cfg), sections={})
+        for number in cfg.sections:
+            key, path = SECTIONS[number]
+            start = time.perf_counter()
+            section = _import(path)(cfg)
+            section["seconds"] = round(time.perf_counter() - start, 1)
+            results["sections"][key] = section
+            emit(render_section(number, section) + "\n")
+    meta["load_average_after"] = load_average()
+    emit(f"load average (1, 5, 15 min) after: {meta['load_average_after']}")
     with atomic_write(cfg.out, "w") as f:
         json.dump(results, f, indent=1)
     return results

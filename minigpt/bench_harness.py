@@ -5,25 +5,23 @@ calls allocate buffers and pick kernels), then time many repeats and report the 
 spread (interquartile range and min/max). The median is robust to the odd slow repeat caused by other
 processes on a shared machine; the spread shows how noisy the machine was.
 
-Run as a script, this module is the subprocess worker: it calls one job function and writes its
-result, plus the process's peak memory, to a JSON file. Each configuration whose peak memory we
-report runs in its own fresh process so that peaks from different configurations do not mix.
+run_isolated calls one job function in a process of its own and returns its result plus the
+process's peak memory: each configuration whose peak memory we report runs alone, so peaks from
+different configurations do not mix.
 """
 
+import contextlib
+import ctypes
+import functools
 import gc
 import importlib
-import json
+import multiprocessing
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import torch
-
-from lora.safetensors_io import atomic_write
 
 
 def pin_threads(threads):
@@ -33,6 +31,25 @@ def pin_threads(threads):
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def pinned_threads(threads):
+    """pin_threads inside the block; the previous thread count and OMP_NUM_THREADS come back after it."""
+    previous, previous_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    try:
+        yield pin_threads(threads)
+    finally:
+        torch.set_num_threads(previous)
+        if previous_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous_env
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages rounded to 2 decimals, or None where the OS has none."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def summarize(samples):
@@ -139,10 +156,20 @@ def peak_rss_bytes():
     counter for this process's own memory only; we use it where it exists and ru_maxrss elsewhere.
     """
     kib = _status_kib("VmHWM")
-    if kib is not None:
-        return kib * 1024
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+    return _ru_maxrss_bytes() if kib is None else kib * 1024
+
+
+def release_free_memory():
+    """Collect garbage and hand freed heap memory back to the OS (glibc's malloc_trim); True if trimmed.
+
+    Memory freed by Python objects often stays in the C heap and so stays resident. After building a
+    QLoRA model (float weights quantised, then freed) that leftover would count in the training peak.
+    """
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return False
 
 
 def reset_peak_rss():
@@ -159,37 +186,77 @@ def reset_peak_rss():
         return False
 
 
-def run_isolated(job, kwargs, timeout):
-    """Run `job` ("package.module:function") with kwargs in a fresh Python process.
+@functools.lru_cache(maxsize=None)
+def _context():
+    """A fork server that has imported torch and the benchmark jobs once; each job is forked from it.
 
-    Returns the job's result dict with peak_rss_bytes and ru_maxrss_bytes added, or
-    {"status": "failed", "error": ...} when the process fails or runs past `timeout` seconds.
+    A fresh `python` per job would spend seconds importing torch again. A child forked from the
+    server starts with torch loaded and nothing else, and the server never ran a torch kernel, so
+    no thread pool is copied mid-use. Where fork servers do not exist (Windows), spawn.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, "-m", "minigpt.bench_harness", job, json.dumps(kwargs), out]
-        # the child imports this checkout's packages whatever the current directory is
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            return dict(status="failed", error=f"timed out after {timeout} s")
-        if proc.returncode != 0 or not os.path.exists(out):
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return dict(status="failed", error=lines[-1] if lines else f"exit code {proc.returncode}")
-        with open(out) as f:
-            return json.load(f)
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # torch._dynamo: torch.optim imports it on first use, which alone takes seconds
+    ctx.set_forkserver_preload(["torch._dynamo", "minigpt.bench_train", "minigpt.bench_throughput"])
+    return ctx
+
+
+def run_isolated(job, kwargs, timeout):
+    """Run `job` ("package.module:function") with kwargs in a fresh process of its own.
+
+    Returns the job's result dict with status "ok", peak_rss_bytes and ru_maxrss_bytes added, or
+    {"status": "failed", "error": ...} when the job raises, the process dies or runs past `timeout` s.
+    """
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(job, kwargs, sender))
+    proc.start()
+    sender.close()  # the child holds the other copy; EOF once it exits
+    try:
+        if receiver.poll(timeout):
+            return receiver.recv()
+        proc.kill()
+        return dict(status="failed", error=f"timed out after {timeout} s")
+    except EOFError:  # exited without a result: killed, or crashed in C code
+        proc.join()
+        return dict(status="failed", error=f"the process died with exit code {proc.exitcode}")
+    finally:
+        proc.join()
+        receiver.close()
+
+
+def _child(job, kwargs, sender):
+    try:
+        result = run_inline(job, kwargs)
+        result.update(peak_rss_bytes=peak_rss_bytes(), ru_maxrss_bytes=_ru_maxrss_bytes())
+    except Exception as e:  # reported in the table, so one failing configuration does not end the run
+        result = dict(status="failed", error=f"{type(e).__name__}: {e}")
+    sender.send(result)
+    sender.close()
+
+
+def _ru_maxrss_bytes():
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
+
+
+def _ms_text(milliseconds):
+    return f"{milliseconds:,.0f}" if milliseconds >= 100 else f"{milliseconds:.3g}"
 
 
 def ms(seconds):
-    """Seconds as milliseconds with three significant figures, for tables."""
-    return None if seconds is None else f"{seconds * 1e3:.3g}"
+    """Seconds as milliseconds for tables: three significant figures, whole numbers from 100 ms up."""
+    return None if seconds is None else _ms_text(seconds * 1e3)
 
 
 def spread_ms(summary):
     """The interquartile range of a summarize() result, in ms, as "q1-q3"."""
-    return None if summary is None else f"{summary['q1'] * 1e3:.3g}-{summary['q3'] * 1e3:.3g}"
+    return None if summary is None else f"{_ms_text(summary['q1'] * 1e3)}-{_ms_text(summary['q3'] * 1e3)}"
 
 
 def mib(nbytes):
@@ -219,17 +286,15 @@ def make_section(title, tables, targets=(), notes=(), results=()):
     return dict(title=title, tables=list(tables), targets=list(targets), notes=list(notes), results=list(results))
 
 
-def _worker(job, kwargs_json, out):
+def _job(job):
     module_name, _, func_name = job.partition(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def run_inline(job, kwargs):
+    """Run `job` in this process, for smoke tests: same result shape as run_isolated, but the peak
+    memory fields are None because this process's peak is not the job's own."""
     result = dict(status="ok")
-    result.update(func(**json.loads(kwargs_json)))
-    result["peak_rss_bytes"] = peak_rss_bytes()
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result["ru_maxrss_bytes"] = maxrss if sys.platform == "darwin" else maxrss * 1024
-    with atomic_write(out, "w") as f:
-        json.dump(result, f)
-
-
-if __name__ == "__main__":
-    _worker(*sys.argv[1:4])
+    result.update(_job(job)(**kwargs))
+    result.update(peak_rss_bytes=None, ru_maxrss_bytes=None)
+    return result

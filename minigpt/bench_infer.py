@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from lora import LoRALinear, apply_lora, merge_and_unload, merge_lora
 from minigpt.bench_harness import make_section, make_target, ms, spread_ms, time_interleaved
 from minigpt.bench_train import LORA, random_batch
 from minigpt.model import GPT, GPTConfig
@@ -30,9 +31,6 @@ def _inference_cases(quick):
 
 def inference_variants(preset, seed):
     """The four models of section 2, in eval mode, with nonzero B so the merged weights really change."""
-    from lora.inject import apply_lora, merge_and_unload, merge_lora
-    from lora.layer import LoRALinear
-
     torch.manual_seed(seed)
     base = GPT(GPTConfig.from_preset(preset)).eval()
     lora = apply_lora(copy.deepcopy(base), **LORA).eval()
@@ -51,7 +49,7 @@ def run_inference(cfg):
     rows, targets, results = [], [], []
     for label, preset, seq_len, batches in _inference_cases(cfg.quick):
         models = inference_variants(preset, cfg.seed)
-        divisor = 3 if preset == "gpt2" and not cfg.quick else 1
+        divisor = 2 if preset == "gpt2" and not cfg.quick else 1  # GPT-2-sized forwards take about a second
         for batch in batches:
             x, _ = random_batch(models["base"].config.vocab_size, batch, seq_len, cfg.seed)
             fns = {name: _forward_fn(model, x) for name, model in models.items()}
@@ -103,8 +101,6 @@ def flop_ratios(d_in, d_out, rank):
 
 def layer_fns(d_in, d_out, rank, batch, seq_len, seed):
     """Forward (no grad) and forward+backward closures for an nn.Linear and a LoRALinear of one shape."""
-    from lora.layer import LoRALinear
-
     torch.manual_seed(seed)
     linear = nn.Linear(d_in, d_out)  # trained in full fine-tuning
     lora = LoRALinear(copy.deepcopy(linear), rank=rank, alpha=2 * rank)

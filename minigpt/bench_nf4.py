@@ -10,6 +10,7 @@ Shape legend: d_out x d_in, the layout of nn.Linear.weight.
 
 import torch
 
+from lora import dequantize_nf4, nbytes, quantize_nf4
 from minigpt.bench_harness import make_section, make_target, ms, spread_ms, time_fn
 
 STD = 0.02  # GPT-2's weight init std
@@ -31,20 +32,19 @@ def _nf4_cases(quick):
 
 def nf4_measure(weights, double_quant, warmup, repeats):
     """Quantise/dequantise timings, stored bytes and reconstruction RMSE for a list of weights."""
-    from lora.nf4 import dequantize_nf4, nbytes, quantize_nf4
-
     def quantize_all():
         return [quantize_nf4(w, double_quant=double_quant) for w in weights]
 
     qs = quantize_all()
 
     def dequantize_all():
-        return [dequantize_nf4(q) for q in qs]
+        for q in qs:  # each result is dropped before the next, as a QLoRA forward pass drops them
+            dequantize_nf4(q)
 
     tq = time_fn(quantize_all, warmup, repeats)
     td = time_fn(dequantize_all, warmup, repeats)
     n = sum(w.numel() for w in weights)
-    sq_err = sum(float(((d - w).double() ** 2).sum()) for d, w in zip(dequantize_all(), weights, strict=True))
+    sq_err = sum(float(((dequantize_nf4(q) - w).double() ** 2).sum()) for q, w in zip(qs, weights, strict=True))
     stored = sum(nbytes(q) for q in qs)  # read from the stored tensors
     return dict(params=n, double_quant=double_quant, quantize=tq, dequantize=td,
                 quantize_gb_s=4 * n / tq["median"] / 1e9, dequantize_gb_s=4 * n / td["median"] / 1e9,

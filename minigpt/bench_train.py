@@ -1,21 +1,21 @@
-"""Benchmark sections 1 and 5: the cost of one training step.
+"""Benchmark section 1: one training step, full fine-tuning vs LoRA vs QLoRA.
 
-Section 1 trains the same model on the same batch three ways: full fine-tuning (every weight trained),
-LoRA (base frozen, rank-r adapters trained) and QLoRA (every linear weight stored in NF4, the adapters
-trained in float32). Section 5 times plain training of nanoGPT's CPU character model, eager and under
-torch.compile. Every configuration runs in its own subprocess (see bench_harness.run_isolated), so
-its peak memory is its own.
+The same model is trained on the same batch three ways: full fine-tuning (every weight trained), LoRA
+(base frozen, rank-r adapters trained) and QLoRA (every linear weight stored in NF4, the adapters
+trained in float32). Step times come from one subprocess that holds all three and times them
+round-robin, so the ratios are measured side by side; bytes and peak memory come from one subprocess
+per method (see bench_harness.run_isolated), so each peak is that method's own.
 
-A step is forward, backward, AdamW update, zero_grad: what a training loop does per batch. The batch
-holds random token ids: speed and memory do not depend on what the tokens say.
+A step is forward, backward, gradient clipping, AdamW update, zero_grad: what minigpt.train does per
+batch. The batch holds random token ids: speed and memory do not depend on what the tokens say.
 
 Shape legend: B batch, T sequence length, V vocab size.
 """
 
-import time
 
 import torch
 
+from lora import LinearNF4, apply_lora, model_weight_bytes, nbytes, quantize_model
 from minigpt.bench_harness import (
     current_rss_bytes,
     human_bytes,
@@ -26,18 +26,21 @@ from minigpt.bench_harness import (
     optimizer_state_bytes,
     peak_rss_bytes,
     pin_threads,
+    release_free_memory,
     reset_peak_rss,
     run_isolated,
     spread_ms,
     tensor_bytes,
-    time_fn,
+    time_interleaved,
 )
 from minigpt.model import GPT, GPTConfig
+from minigpt.train import TrainConfig, configure_optimizer
 
 GRAD_CLIP = 1.0  # minigpt.train's default max gradient norm
 
 LORA = dict(rank=8, alpha=16, targets=["c_attn"])  # PEFT's default for GPT-2: LoRA on the fused q/k/v projection
 QLORA_QUANTIZED = "all-linear"                      # QLoRA quantises every linear layer but the (tied) output head
+METHODS = ("full", "lora", "qlora")
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)             # QLoRA §3: 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
 
 
@@ -51,13 +54,9 @@ def _train_models(quick):
 
 def build_model(preset, method, seed):
     """A GPT from `preset` prepared for `method` ("full", "lora" or "qlora"), in training mode."""
-    from lora.inject import apply_lora
-
     torch.manual_seed(seed)
     model = GPT(GPTConfig.from_preset(preset))
     if method == "qlora":
-        from lora.nf4_linear import quantize_model
-
         quantize_model(model, targets=QLORA_QUANTIZED)
     if method in ("lora", "qlora"):
         apply_lora(model, **LORA)
@@ -76,8 +75,6 @@ def random_batch(vocab_size, batch, seq_len, seed):
 def make_optimizer(model):
     """AdamW as minigpt.train sets it up by default: nanoGPT's shakespeare_char (lr 1e-3, betas 0.9/0.99,
     weight decay 0.1 on matrices only), over the parameters that require grad."""
-    from minigpt.train import TrainConfig, configure_optimizer  # imported here: only the jobs need it
-
     return configure_optimizer(model, TrainConfig())
 
 
@@ -97,57 +94,66 @@ def make_step(model, optimizer, x, y, grad_clip=GRAD_CLIP):
 
 
 def storage_bytes(model):
-    """Bytes the model's parameters and buffers occupy, and the part of it in NF4-quantised layers
-    together with the float32 bytes those weights would take unquantised."""
-    total = tensor_bytes([*model.parameters(), *model.buffers()])
-    quant, quant_fp32 = 0, 0
-    for module in model.modules():
-        if callable(getattr(module, "dequantize_weight", None)) and hasattr(module, "in_features"):
-            weight_tensors = [b for name, b in module.named_buffers(recurse=False) if name != "bias"]
-            quant += tensor_bytes(weight_tensors)
-            quant_fp32 += module.in_features * module.out_features * 4
-    return total, quant, quant_fp32
+    """(bytes of all parameters and buffers, bytes of the NF4 layers' stored weights, float32 bytes of
+    those same weights), each read from the tensors."""
+    nf4 = [m for m in model.modules() if isinstance(m, LinearNF4)]
+    return (model_weight_bytes(model), sum(nbytes(m.weight_q) for m in nf4),
+            sum(4 * m.num_quantized_parameters() for m in nf4))
 
 
-def train_step_job(preset, method, batch, seq_len, threads, warmup, repeats, seed):
-    """Subprocess job of section 1: byte counts, step timing and peak memory for one model and method."""
+def train_memory_job(preset, method, batch, seq_len, threads, seed, steps=3):
+    """Subprocess job of section 1: bytes read from the tensors and peak memory, one model and method."""
     pin_threads(threads)
     start_rss = current_rss_bytes()  # torch imported, nothing built yet
     model = build_model(preset, method, seed)
     x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
     build_peak = peak_rss_bytes()  # QLoRA builds the float model first, then quantises it
+    release_free_memory()  # so the freed float weights do not count in the training peak
     training_peak_known = reset_peak_rss()
     optimizer = make_optimizer(model)
-    # one step by hand, to read gradients and optimizer state from the tensors themselves
-    _, loss = model(x, y)
+    _, loss = model(x, y)  # one step by hand, to read the gradients before zero_grad drops them
     loss.backward()
     grad_bytes = tensor_bytes(p.grad for p in model.parameters())  # frozen weights must hold no .grad
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    step = make_step(model, optimizer, x, y)
+    for _ in range(steps - 1):  # the peak of a steady step, not only of the first
+        step()
     total, quant, quant_fp32 = storage_bytes(model)
-    timing = time_fn(make_step(model, optimizer, x, y), warmup, repeats)
     train_peak = peak_rss_bytes()
-    return dict(preset=preset, method=method, batch=batch, seq_len=seq_len, threads=torch.get_num_threads(),
-                params=sum(p.numel() for p in model.parameters()),
+    return dict(preset=preset, method=method, params=sum(p.numel() for p in model.parameters()),
                 trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 grad_bytes=grad_bytes, optimizer_bytes=optimizer_state_bytes(optimizer), weight_bytes=total,
-                quantized_bytes=quant, quantized_fp32_bytes=quant_fp32, step=timing,
-                tokens_per_s=batch * seq_len / timing["median"], start_rss_bytes=start_rss,
+                quantized_bytes=quant, quantized_fp32_bytes=quant_fp32, start_rss_bytes=start_rss,
                 process_peak_rss_bytes=max(build_peak, train_peak),
                 training_peak_rss_bytes=train_peak if training_peak_known else None)
+
+
+def train_timing_job(preset, batch, seq_len, threads, warmup, repeats, seed):
+    """Subprocess job of section 1: step times of full, LoRA and QLoRA on one model, timed round-robin."""
+    pin_threads(threads)
+    steps = {}
+    for method in METHODS:
+        model = build_model(preset, method, seed)
+        x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
+        steps[method] = make_step(model, make_optimizer(model), x, y)
+    timings = time_interleaved(steps, warmup, repeats)
+    return dict(preset=preset, batch=batch, seq_len=seq_len, threads=torch.get_num_threads(), step=timings,
+                tokens_per_s={m: batch * seq_len / t["median"] for m, t in timings.items()})
 
 
 def _ratio(a, b):
     return None if a is None or b is None or b == 0 else a / b
 
 
-def _train_targets(label, by_method):
-    """Section 1's targets for one model, from the three results keyed by method."""
-    full, lora, qlora = (by_method.get(m, {}) for m in ("full", "lora", "qlora"))
+def _train_targets(label, mem, timing):
+    """Section 1's targets for one model: mem {method: memory job result}, timing the timing job's."""
+    full, lora, qlora = (mem[m] for m in METHODS)
     ok = [r.get("status") == "ok" for r in (full, lora, qlora)]
-    step = _ratio(lora["step"]["median"], full["step"]["median"]) if ok[0] and ok[1] else None
-    state = _ratio(lora.get("grad_bytes", 0) + lora.get("optimizer_bytes", 0),
-                   full.get("grad_bytes", 0) + full.get("optimizer_bytes", 0)) if ok[0] and ok[1] else None
+    step = (_ratio(timing["step"]["lora"]["median"], timing["step"]["full"]["median"])
+            if timing.get("status") == "ok" else None)
+    state = (_ratio(lora["grad_bytes"] + lora["optimizer_bytes"], full["grad_bytes"] + full["optimizer_bytes"])
+             if ok[0] and ok[1] else None)
     frac = _ratio(lora.get("trainable"), full.get("params")) if ok[0] and ok[1] else None
     quant = _ratio(qlora.get("quantized_bytes"), qlora.get("quantized_fp32_bytes")) if ok[2] else None
     return [
@@ -161,89 +167,49 @@ def _train_targets(label, by_method):
     ]
 
 
-def _train_row(label, r, full):
+def _train_row(label, method, mem, timing):
+    """One table row: the timing columns from the timing job, the byte and memory columns from mem."""
+    r, full = mem[method], mem["full"]
+    timed = timing.get("status") == "ok"
+    t = timing["step"][method] if timed else None
+    time_cells = ([ms(t["median"]), spread_ms(t), f"{timing['tokens_per_s'][method]:,.0f}",
+                   f"{t['median'] / timing['step']['full']['median']:.2f}"] if timed
+                  else [f"failed: {timing.get('error')}", None, None, None])
     if r.get("status") != "ok":
-        return [label, r.get("method"), f"failed: {r.get('error')}"] + [None] * 10
-    full_ok = full.get("status") == "ok"
+        return [label, method, None] + time_cells + [f"failed: {r.get('error')}"] + [None] * 5
     state = r["grad_bytes"] + r["optimizer_bytes"]
-    full_state = full["grad_bytes"] + full["optimizer_bytes"] if full_ok else None
-    step_ratio = _ratio(r["step"]["median"], full["step"]["median"]) if full_ok else None
-    return [label, r["method"], f"{r['trainable']:,}", ms(r["step"]["median"]), spread_ms(r["step"]),
-            f"{r['tokens_per_s']:,.0f}", None if step_ratio is None else f"{step_ratio:.2f}",
-            human_bytes(r["grad_bytes"]), human_bytes(r["optimizer_bytes"]),
-            None if full_state is None else f"{state / full_state:.4f}", human_bytes(r["weight_bytes"]),
-            mib(r["process_peak_rss_bytes"]), mib(r["training_peak_rss_bytes"])]
+    full_state = full["grad_bytes"] + full["optimizer_bytes"] if full.get("status") == "ok" else None
+    return ([label, method, f"{r['trainable']:,}"] + time_cells
+            + [human_bytes(r["grad_bytes"]), human_bytes(r["optimizer_bytes"]),
+               None if full_state is None else f"{state / full_state:.4f}", human_bytes(r["weight_bytes"]),
+               mib(r["process_peak_rss_bytes"]), mib(r["training_peak_rss_bytes"])])
 
 
 def run_train_step(cfg):
-    """Section 1: full fine-tuning vs LoRA vs QLoRA, one subprocess per model and method."""
+    """Section 1: full fine-tuning vs LoRA vs QLoRA: one subprocess per model times the three methods
+    side by side; one subprocess per model and method reads bytes and peak memory."""
     rows, targets, results = [], [], []
     for label, preset, batch, seq_len, divisor in _train_models(cfg.quick):
-        by_method = {}
-        for method in ("full", "lora", "qlora"):
-            kwargs = dict(preset=preset, method=method, batch=batch, seq_len=seq_len, threads=cfg.threads,
-                          warmup=cfg.warmup, repeats=max(3, cfg.repeats // divisor), seed=cfg.seed)
-            r = run_isolated("minigpt.bench_train:train_step_job", kwargs, cfg.timeout)
-            by_method[method] = r = dict(r, label=label, method=method)
-            results.append(r)
-        for method in ("full", "lora", "qlora"):
-            rows.append(_train_row(label, by_method[method], by_method["full"]))
-        targets += _train_targets(label, by_method)
-    starts = [r["start_rss_bytes"] for r in results if r.get("status") == "ok"]
-    start = mib(min(starts)) if starts else "?"
+        shape = dict(preset=preset, batch=batch, seq_len=seq_len, threads=cfg.threads, seed=cfg.seed)
+        timing = run_isolated("minigpt.bench_train:train_timing_job",
+                              dict(shape, warmup=cfg.warmup, repeats=max(3, cfg.repeats // divisor)), cfg.timeout)
+        mem = {m: run_isolated("minigpt.bench_train:train_memory_job", dict(shape, method=m), cfg.timeout)
+               for m in METHODS}
+        results.append(dict(label=label, timing=timing, memory=mem))
+        rows += [_train_row(label, m, mem, timing) for m in METHODS]
+        targets += _train_targets(label, mem, timing)
+    starts = [r["start_rss_bytes"] for res in results for r in res["memory"].values() if r.get("status") == "ok"]
     headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full", "grads",
                "optimizer state", "(grads+state) / full", "weights", "peak RSS MiB", "training peak MiB"]
     shapes = ", ".join(f"{label} (B={b}, T={t})" for label, _, b, t, _ in _train_models(cfg.quick))
     notes = [f"models and batches: {shapes}; LoRA rank {LORA['rank']}, alpha {LORA['alpha']} on {LORA['targets']}; "
              f"QLoRA: {QLORA_QUANTIZED} quantised to NF4 with double quantisation, same adapters; a step is "
              "forward, backward, clip_grad_norm_(1.0), AdamW (minigpt.train.configure_optimizer), zero_grad.",
-             "bytes are read from the tensors (p.grad, optimizer.state, parameters and buffers). Peak RSS: the "
-             "subprocess's resident high-water mark (VmHWM) over its whole life; training peak: the same counter "
-             "restarted once the model is built (QLoRA builds a float model, then quantises it). "
-             f"Importing torch alone takes {start} MiB."]
+             "step times: the three methods in one process, timed round-robin. Bytes are read from the tensors "
+             "(p.grad, optimizer.state, parameters and buffers), each method in a process of its own. Peak RSS: "
+             "that process's resident high-water mark (VmHWM) over its life; training peak: the same counter "
+             "restarted once the model is built and freed memory is returned to the OS (QLoRA builds a float "
+             f"model, then quantises it). The process holds {mib(min(starts)) if starts else '?'} MiB before "
+             "building anything (Python and torch).",]
     return make_section("Training step: full fine-tuning vs LoRA vs QLoRA", [dict(headers=headers, rows=rows)],
                         targets, notes, results)
-
-
-def throughput_job(use_compile, threads, warmup, repeats, seed, batch=12, block=64, preset="cpu-char"):
-    """Subprocess job of section 5: full training of nanoGPT's CPU model, eager or torch.compile'd."""
-    pin_threads(threads)
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig.from_preset(preset, block_size=block)).train()
-    optimizer = make_optimizer(model)
-    x, y = random_batch(model.config.vocab_size, batch, block, seed)
-    step = make_step(torch.compile(model) if use_compile else model, optimizer, x, y)
-    start = time.perf_counter()
-    step()  # with compile: traces and compiles forward and backward here
-    first = time.perf_counter() - start
-    timing = time_fn(step, warmup, repeats)
-    return dict(preset=preset, batch=batch, block=block, compile=use_compile, first_step_s=first, step=timing,
-                tokens_per_s=batch * block / timing["median"], threads=torch.get_num_threads())
-
-
-def run_throughput(cfg):
-    """Section 5: tokens/s of nanoGPT's CPU configuration (cpu-char, B=12, T=64), eager vs torch.compile."""
-    rows, results = [], []
-    for compiled in (False, True):
-        name = "torch.compile" if compiled else "eager"
-        if compiled and cfg.quick:
-            r = dict(status="skipped", error="skipped with --quick (compiling takes minutes on a CPU)")
-        else:
-            kwargs = dict(use_compile=compiled, threads=cfg.threads, warmup=max(cfg.warmup, 3 if compiled else 1),
-                          repeats=cfg.repeats, seed=cfg.seed)
-            r = run_isolated("minigpt.bench_train:throughput_job", kwargs, cfg.timeout)
-        results.append(dict(r, mode=name))
-        if r.get("status") != "ok":
-            rows.append([name, f"{r['status']}: {r['error']}", None, None, None, None])
-            continue
-        rows.append([name, ms(r["step"]["median"]), spread_ms(r["step"]), f"{r['tokens_per_s']:,.0f}",
-                     f"{r['first_step_s']:.1f}", mib(r["peak_rss_bytes"])])
-    eager, comp = results
-    speedup = _ratio(eager.get("step", {}).get("median"), comp.get("step", {}).get("median"))
-    notes = ["preset cpu-char (4 layers, 4 heads, 128 wide, vocab 256), batch 12, block 64, dropout 0: nanoGPT's "
-             "documented CPU recipe; full training, steps as in section 1 (minigpt.train's AdamW and clipping).",
-             "first step includes torch.compile's tracing and C++ compilation; it is not in the median.",
-             f"torch.compile speed-up: {speedup:.2f}x" if speedup else "torch.compile speed-up: not measured"]
-    headers = ["mode", "step ms", "IQR ms", "tokens/s", "first step s", "peak RSS MiB"]
-    return make_section("MiniGPT training throughput (nanoGPT's CPU configuration)",
-                        [dict(headers=headers, rows=rows)], notes=notes, results=results)

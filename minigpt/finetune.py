@@ -43,9 +43,9 @@ from minigpt.pretrained import save_pretrained
 from minigpt.train import TrainConfig, estimate_loss, train
 
 METHODS = ("full", "lora", "qlora")
-# peak learning rates, chosen by measurement on the tiny base (docs/results.md): LoRA's few parameters,
-# with B starting at zero, need a larger step than full fine-tuning, which forgets faster at high lr
-DEFAULT_LR = {"full": 3e-4, "lora": 2e-3, "qlora": 2e-3}
+# peak learning rates, the best of a sweep on the tiny base (docs/results.md): LoRA's update B A starts
+# at zero and lives in a rank-r subspace, so it needs a larger step than full fine-tuning
+DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
 SCRATCH_LR = 1e-3  # nanoGPT's lr for its small character model trained from random weights
 
 
@@ -55,12 +55,12 @@ class FinetuneConfig:
     base: str = TINY              # tiny | scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a folder
     base_corpus: str | None = None  # text file the tiny base is pretrained on; None = the Python docs
     base_preset: str = "tiny"     # architecture of the tiny base (a GPTConfig preset; vocabulary 256)
-    base_steps: int = 1500        # pretraining steps of the tiny base
+    base_steps: int = 800         # pretraining steps of the tiny base
     rank: int = 8                 # LoRA r
     alpha: float = 16.0           # LoRA alpha; the update is scaled by alpha / r
     dropout: float = 0.0          # LoRA dropout on the adapter's input
     targets: str = "all-linear"   # comma-separated module names, or every Linear of the blocks
-    steps: int = 400              # optimizer steps of fine-tuning
+    steps: int = 300              # optimizer steps of fine-tuning
     batch_size: int = 16          # sequences per step
     block_size: int | None = None  # tokens per sequence; None = min(128, the base's block size)
     lr: float | None = None       # peak learning rate; None = DEFAULT_LR[method] (SCRATCH_LR for scratch)
@@ -75,7 +75,7 @@ class FinetuneConfig:
     data: str | None = None       # tiny Shakespeare's input.txt; None = found by minigpt.data
     prompt: str = "ROMEO:"        # sample prompt, before and after fine-tuning
     sample_tokens: int = 200      # tokens sampled after the prompt
-    cache_dir: str | None = None  # where the tiny base is cached; None = minigpt.download.cache_dir()
+    cache_dir: str | None = None  # cache of tiny bases and GPT-2 downloads; None = minigpt.download.cache_dir()
     progress: bool = True         # progress bars
 
 
@@ -219,6 +219,20 @@ def merged_model(model, cfg, batch):
     return merged, diff
 
 
+def write_artifacts(cfg, model, merged, result, base_path):
+    """adapter/ (PEFT layout; not for full fine-tuning), merged/ (GPT-2 layout) and loss_curve.png in cfg.out.
+
+    Returns:
+        (adapter bytes on disk or None, merged model bytes on disk).
+    """
+    out = pathlib.Path(cfg.out)
+    if cfg.method != "full":
+        publish_dir(out, "adapter", lambda d: save_adapter(model, d, base_model_name_or_path=base_path))
+    publish_dir(out, "merged", lambda d: save_pretrained(merged, d))  # tensors are copied to the CPU there
+    save_loss_curve(result.train_losses, result.val_losses, out / "loss_curve.png", f"{cfg.method} on {cfg.base} base")
+    return (dir_bytes(out / "adapter") if cfg.method != "full" else None), dir_bytes(out / "merged")
+
+
 def run_finetune(cfg, callback=None):
     """Fine-tune `cfg.base` on tiny Shakespeare by `cfg.method` and write the run into cfg.out.
 
@@ -250,10 +264,7 @@ def run_finetune(cfg, callback=None):
     result = train(model, train_ids, val_ids, train_config(cfg), callback=callback)
     batch = fixed_batch(val_ids, cfg).to(device)
     merged, diff = merged_model(model, cfg, batch)
-    if cfg.method != "full":
-        publish_dir(out, "adapter", lambda d: save_adapter(model, d, base_model_name_or_path=base_info["path"]))
-    publish_dir(out, "merged", lambda d: save_pretrained(merged.cpu(), d))
-    save_loss_curve(result.train_losses, result.val_losses, out / "loss_curve.png", f"{cfg.method} on {cfg.base} base")
+    adapter_bytes, merged_bytes = write_artifacts(cfg, model, merged, result, base_info["path"])
     report = {
         "method": cfg.method, "base": cfg.base, "base_path": base_info["path"], "base_cached": base_info["cached"],
         "base_pretrain_seconds": base_info.get("pretrain_seconds"), "device": str(device),
@@ -267,8 +278,7 @@ def run_finetune(cfg, callback=None):
         "params_summary": trainable_summary(model),
         "peak_memory_bytes": result.peak_memory_bytes, "optimizer_state_bytes": result.optimizer_state_bytes,
         "train_seconds": result.wall_time, "tokens_per_sec": result.tokens_per_sec, "tokens_seen": result.tokens_seen,
-        "adapter_bytes": dir_bytes(out / "adapter") if cfg.method != "full" else None,
-        "merged_bytes": dir_bytes(out / "merged"), **quant, "merged_max_abs_logit_diff": diff,
+        "adapter_bytes": adapter_bytes, "merged_bytes": merged_bytes, **quant, "merged_max_abs_logit_diff": diff,
         "prompt": cfg.prompt, "sample_before": sample_before, "sample_after": sample(model, tokenizer, cfg, device),
         "total_seconds": time.perf_counter() - t0,
     }
@@ -301,7 +311,7 @@ FLAGS = (  # (field, type, help); the defaults are FinetuneConfig's
     ("seed", int, "seed of batches, LoRA init and samples"), ("eval_interval", int, "steps between evaluations"),
     ("eval_batches", int, "validation batches per evaluation"), ("data", str, "tiny Shakespeare's input.txt"),
     ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
-    ("cache_dir", str, "cache of tiny bases (default $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
+    ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
 )
 
 

@@ -69,9 +69,18 @@ def trim_metrics(out):
     return step
 
 
+def temp_dir(parent, name):
+    """A new hidden folder in `parent` to build `name` in, with the permissions mkdir would give it."""
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    umask = os.umask(0)  # mkdtemp makes it 0700; read the umask (only by setting it) and restore it
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def publish_dir(out, name, write):
     """write(tmp_folder) into a temporary folder, then swap it in as out/name."""
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
+    tmp = temp_dir(out, name)
     old = out / f".{name}.old"
     try:
         write(tmp)

@@ -6,8 +6,9 @@ No test here looks at how fast anything is: timings depend on the machine and it
 import json
 
 import pytest
+import torch
 
-from minigpt.bench import SECTIONS, BenchConfig, parse_args, run
+from minigpt.bench import SECTIONS, BenchConfig, busy_warning, parse_args, run
 from minigpt.bench_harness import summarize
 
 SUMMARY_KEYS = {"median", "q1", "q3", "min", "max", "n"}
@@ -18,7 +19,9 @@ def quick_run(tmp_path_factory):
     """What `python -m minigpt.bench --quick --threads 1` writes and prints, run once in-process."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     printed = []
+    threads_before = torch.get_num_threads()
     run(parse_args(["--quick", "--threads", "1", "--out", str(out)]), emit=printed.append)
+    assert torch.get_num_threads() == threads_before  # the pinned count does not leak into later tests
     return json.loads(out.read_text()), "\n".join(printed)
 
 
@@ -41,15 +44,22 @@ def test_quick_run_writes_every_section(quick_run):
         assert section["tables"] and all(len(row) == len(t["headers"]) for t in section["tables"] for row in t["rows"])
 
 
+def _train_memory(data):
+    (model,) = _results(data, "train_step")  # --quick trains one model
+    return [model["memory"][m] for m in ("full", "lora", "qlora")]
+
+
 def test_train_step_section_has_every_method_and_figure(quick_run):
     data, _ = quick_run
-    results = _results(data, "train_step")
-    assert [r["method"] for r in results] == ["full", "lora", "qlora"]
-    for r in results:
+    (model,) = _results(data, "train_step")
+    assert model["timing"]["status"] == "ok", model["timing"].get("error")
+    for method in ("full", "lora", "qlora"):
+        _assert_summary(model["timing"]["step"][method])
+        assert model["timing"]["tokens_per_s"][method] > 0
+    for r in _train_memory(data):
         assert r["status"] == "ok", r.get("error")
-        _assert_summary(r["step"])
-        for field in ("tokens_per_s", "grad_bytes", "optimizer_bytes", "weight_bytes", "process_peak_rss_bytes",
-                      "start_rss_bytes", "trainable", "params"):
+        for field in ("grad_bytes", "optimizer_bytes", "weight_bytes", "process_peak_rss_bytes", "start_rss_bytes",
+                      "trainable", "params"):
             assert r[field] > 0, field
         assert r["training_peak_rss_bytes"] is None or 0 < r["training_peak_rss_bytes"] <= r["process_peak_rss_bytes"]
     assert {t["name"].split(": ", 1)[1] for t in data["sections"]["train_step"]["targets"]} == {
@@ -59,7 +69,7 @@ def test_train_step_section_has_every_method_and_figure(quick_run):
 
 def test_gradients_exist_only_for_trainable_parameters(quick_run):
     data, _ = quick_run
-    full, lora, qlora = _results(data, "train_step")
+    full, lora, qlora = _train_memory(data)
     assert full["grad_bytes"] == 4 * full["params"] == 4 * full["trainable"]
     # frozen weights hold no .grad: the gradient bytes are exactly the float32 adapters'
     assert lora["grad_bytes"] == 4 * lora["trainable"] < full["grad_bytes"]
@@ -68,7 +78,7 @@ def test_gradients_exist_only_for_trainable_parameters(quick_run):
 
 def test_qlora_stores_its_linear_weights_in_about_4_bits(quick_run):
     data, _ = quick_run
-    qlora = _results(data, "train_step")[2]
+    qlora = _train_memory(data)[2]
     bits = 32 * qlora["quantized_bytes"] / qlora["quantized_fp32_bytes"]
     assert 4.0 < bits < 4.5  # 4.127 for large matrices; the quick model's tiny ones pay a little padding
 
@@ -94,9 +104,13 @@ def test_inference_layer_and_nf4_sections_have_their_fields(quick_run):
 
 def test_throughput_section_reports_eager_and_compile_status(quick_run):
     data, _ = quick_run
-    eager, compiled = _results(data, "throughput")
-    assert eager["status"] == "ok" and eager["tokens_per_s"] > 0 and (eager["batch"], eager["block"]) == (12, 64)
-    assert compiled["status"] == "skipped"  # --quick never compiles
+    (r,) = _results(data, "throughput")
+    assert r["status"] == "ok" and (r["batch"], r["block"]) == (12, 64)
+    _assert_summary(r["step"]["eager"])
+    assert r["tokens_per_s"]["eager"] > 0
+    assert "torch.compile" not in r["step"]  # --quick never compiles
+    rows = data["sections"]["throughput"]["tables"][0]["rows"]
+    assert rows[1][:2] == ["torch.compile", "not measured: not run with --quick"]
 
 
 def test_markdown_tables_and_thread_count_are_printed(quick_run):
@@ -121,3 +135,10 @@ def test_bad_arguments_raise_value_error(argv):
 def test_config_fills_quick_defaults():
     cfg = BenchConfig(sections=(4, 1, 4), quick=True)
     assert (cfg.sections, cfg.warmup, cfg.repeats) == ((1, 4), 1, 3)
+
+
+def test_busy_machine_warning_only_when_threads_exceed_free_cores():
+    assert busy_warning([0.1, 0.1, 0.1], threads=2, cpus=2) is None
+    assert busy_warning([1.0, 1.0, 1.0], threads=1, cpus=2) is None
+    assert "load average 1.0" in busy_warning([1.0, 1.0, 1.0], threads=2, cpus=2)
+    assert busy_warning(None, threads=2, cpus=2) is None  # no load average on this OS

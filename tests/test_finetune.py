@@ -13,8 +13,8 @@ from lora.inject import apply_lora
 from minigpt.base_model import BaseRecipe, tiny_base
 from minigpt.checkpoint import read_checkpoint
 from minigpt.compare import run_compare
-from minigpt.finetune import REPORT_KEYS, FinetuneConfig, format_report, main, run_finetune
 from minigpt.download import data_dir
+from minigpt.finetune import REPORT_KEYS, FinetuneConfig, format_report, main, run_finetune
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import save_pretrained
 

@@ -72,6 +72,30 @@ def test_no_float_weight_is_kept_and_nothing_requires_grad():
     assert count_parameters(layer) == (0, D_OUT * D_IN + D_OUT)  # logical count, packing does not halve it
 
 
+
+def test_input_gradient_equals_linear_on_dequantized_weight():
+    linear, layer = make_layer()
+    x = torch.randn(3, 5, D_IN, requires_grad=True)
+    grad_out = torch.randn(3, 5, D_OUT)
+    layer(x).backward(grad_out)
+    x_ref = x.detach().clone().requires_grad_(True)
+    F.linear(x_ref, layer.dequantize_weight(), linear.bias).backward(grad_out)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
+def test_backward_keeps_no_dequantised_weight():
+    _, layer = make_layer()
+    saved_sizes = []
+
+    def pack(t):
+        saved_sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        layer(torch.randn(4, D_IN, requires_grad=True))
+    # a saved float copy of W (or of Wᵀ) would stay alive until backward and undo QLoRA's memory saving
+    assert D_OUT * D_IN not in saved_sizes
+
 def test_state_dict_roundtrip_restores_outputs(tmp_path):
     _, layer = make_layer()
     path = tmp_path / "nf4.safetensors"

@@ -16,10 +16,23 @@ from nbclient import NotebookClient
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 NOTEBOOK_TIMEOUT_S = 300  # for the whole notebook, kernel start included
+MAX_NOTEBOOK_BYTES = 300_000  # committed with outputs; figures are small PNGs
 
 
 def test_notebooks_exist():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_committed_outputs_come_from_one_clean_full_run(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "not run top to bottom in one kernel"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], "a cell's saved output is an error"
+    first = "".join(o.get("text", "") for o in code[0].outputs)
+    assert "FAST=False" in first, "outputs are from a fast-mode run (NB_FAST=1), not the full course setting"
+    assert path.stat().st_size < MAX_NOTEBOOK_BYTES
 
 
 @pytest.mark.slow
@@ -28,6 +41,9 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch):
     # the kernel inherits this process's environment
     monkeypatch.setenv("NB_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # one thread: the fast-mode models are tiny, and two OpenMP threads on a machine whose other core is
+    # busy (parallel CI jobs) can run ten times slower than one
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     deadline = time.monotonic() + NOTEBOOK_TIMEOUT_S
     client = NotebookClient(
