@@ -180,7 +180,9 @@ class GPT(nn.Module):
         T, V = idx.size(1), self.config.vocab_size
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        if idx.numel():
+        # reading min/max back is a host sync and a torch.compile graph break, so compiled code skips it
+        # (an out-of-range id then fails inside the embedding instead, with a less helpful message)
+        if idx.numel() and not torch.compiler.is_compiling():
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= V:
                 bad = lo if lo < 0 else hi
