@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import assert_unchanged, snapshot
 from lora.adapter_io import load_adapter, lora_state_dict, read_adapter_config, save_adapter
 from lora.inject import apply_lora, lora_layers, merge_lora
 from lora.safetensors_io import load_file, save_file
@@ -45,20 +46,6 @@ def adapted(model=None, targets=("encoder.0", "decoder"), rank=2, alpha=4):
             layer.lora_B.normal_()
     return model
 
-
-def snapshot(model):
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        {n: type(m) for n, m in model.named_modules()},
-        {n: p.requires_grad for n, p in model.named_parameters()},
-        copy.deepcopy(getattr(model, "lora_config", None)),
-    )
-
-
-def assert_unchanged(model, before):
-    state, types, flags, config = snapshot(model)
-    assert types == before[1] and flags == before[2] and config == before[3]
-    assert state.keys() == before[0].keys() and all(torch.equal(state[k], before[0][k]) for k in state)
 
 
 def read_safetensors_header(path):

@@ -13,14 +13,6 @@ V = 64
 FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads slow them 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def corpus(n=3000):
     return (torch.arange(n) * 7 % V).long()

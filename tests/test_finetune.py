@@ -27,15 +27,6 @@ def _text(seed, n_words):
     return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # a 16-wide model gains nothing from a second thread, and OpenMP threads that wait for a busy
-    # core make each step up to 50x slower when other processes share the machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):

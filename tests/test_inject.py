@@ -1,11 +1,10 @@
 """apply_lora and friends (lora/inject.py) on plain torch.nn models, plus one MiniGPT end to end."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
 
+from helpers import assert_unchanged, snapshot
 from lora.inject import (
     apply_lora,
     disable_lora,
@@ -63,22 +62,6 @@ def perturb_b(model):
         for _, layer in lora_layers(model):
             layer.lora_B.normal_()
 
-
-def snapshot(model):
-    """Everything a failed call must leave as it was: tensors, module types, trainable flags, config."""
-    return (
-        {k: v.clone() for k, v in model.state_dict().items()},
-        {n: type(m) for n, m in model.named_modules()},
-        {n: p.requires_grad for n, p in model.named_parameters()},
-        copy.deepcopy(getattr(model, "lora_config", None)),
-    )
-
-
-def assert_unchanged(model, before):
-    state, types, flags, config = snapshot(model)
-    assert types == before[1] and flags == before[2] and config == before[3]
-    assert state.keys() == before[0].keys()
-    assert all(torch.equal(state[k], before[0][k]) for k in state)
 
 
 IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])

@@ -2,7 +2,6 @@
 the same text for the same seed."""
 
 import pytest
-import torch
 
 from minigpt import sample as sample_cli
 from minigpt import train as train_cli
@@ -11,14 +10,6 @@ from minigpt.sample import load_model, sample
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # module scope: it must also cover the module-scoped training run below
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ V = 64  # the "test" preset's vocabulary
 FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models gain nothing from threads, and on a busy machine OpenMP's spinning threads slow them 10x
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def corpus(n=3000):
     # next token = this token + 7 (mod 64): learnable from one token of context
