@@ -4,6 +4,23 @@ import copy
 
 import torch
 
+from minigpt.model import GPT, GPTConfig
+
+V = 64  # the "test" preset's vocabulary
+# settings for training runs of a few steps on tiny_gpt() and corpus()
+FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
+
+
+def corpus(n=3000):
+    """Token ids where next token = this token + 7 (mod 64): learnable from one token of context."""
+    return (torch.arange(n) * 7 % V).long()
+
+
+def tiny_gpt(seed=0, **overrides):
+    """A seeded MiniGPT of the "test" preset (config fields can be overridden)."""
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_preset("test", **overrides))
+
 
 def snapshot(model):
     """Everything a failed call must leave as it was: tensors, module types, trainable flags, config."""

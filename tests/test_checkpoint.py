@@ -5,30 +5,9 @@ import os
 import pytest
 import torch
 
+from helpers import FAST, assert_unchanged, corpus, snapshot, tiny_gpt
 from minigpt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from minigpt.model import GPT, GPTConfig
 from minigpt.train import TrainConfig, configure_optimizer, train
-
-V = 64
-FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
-
-
-
-def corpus(n=3000):
-    return (torch.arange(n) * 7 % V).long()
-
-
-def tiny_gpt(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig.from_preset("test", **overrides))
-
-
-def snapshot(model):
-    return {n: t.clone() for n, t in model.state_dict().items()}
-
-
-def assert_unchanged(model, before):
-    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
 
 
 @pytest.fixture

@@ -205,13 +205,19 @@ def test_merge_lora_preserves_output_and_unmerge_lora_restores_weights():
         torch.testing.assert_close(layer.base.weight, originals[n], rtol=0, atol=1e-12)
 
 
-def test_merge_lora_is_all_or_nothing():
-    model = apply_lora(tiny_net(), rank=2, alpha=4, targets="all-linear")
-    perturb_b(model)
+def overflow_last_adapter(model):
+    """Make the last adapter's ΔW overflow float64, so merging fails after the other layers merged."""
     last = list(lora_layers(model))[-1][1]
     with torch.no_grad():
         last.lora_A.fill_(1e200)
         last.lora_B.fill_(1e200)
+    return model
+
+
+def test_merge_lora_is_all_or_nothing():
+    model = apply_lora(tiny_net(), rank=2, alpha=4, targets="all-linear")
+    perturb_b(model)
+    overflow_last_adapter(model)
     before = snapshot(model)
     with pytest.raises(ValueError, match="non-finite"):
         merge_lora(model)
@@ -253,11 +259,7 @@ def test_merge_and_unload_of_merged_layers_keeps_the_merge():
 
 
 def test_merge_and_unload_is_all_or_nothing():
-    model = apply_lora(tiny_net(), rank=2, alpha=4, targets="all-linear")
-    last = list(lora_layers(model))[-1][1]
-    with torch.no_grad():
-        last.lora_A.fill_(1e200)
-        last.lora_B.fill_(1e200)
+    model = overflow_last_adapter(apply_lora(tiny_net(), rank=2, alpha=4, targets="all-linear"))
     before = snapshot(model)
     with pytest.raises(ValueError, match="non-finite"):
         merge_and_unload(model)

@@ -9,22 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minigpt.model import GPT, GPTConfig
+from helpers import FAST, V, corpus, tiny_gpt
 from minigpt.train import TrainConfig, configure_optimizer, estimate_loss, lr_at, train
-
-V = 64  # the "test" preset's vocabulary
-FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
-
-
-
-def corpus(n=3000):
-    # next token = this token + 7 (mod 64): learnable from one token of context
-    return (torch.arange(n) * 7 % V).long()
-
-
-def tiny_gpt(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return GPT(GPTConfig.from_preset("test", **overrides))
 
 
 class Bigram(nn.Module):
