@@ -47,7 +47,6 @@ def adapted(model=None, targets=("encoder.0", "decoder"), rank=2, alpha=4):
     return model
 
 
-
 def read_safetensors_header(path):
     """The test's own parser: 8-byte little-endian length, then that many bytes of JSON."""
     raw = pathlib.Path(path).read_bytes()

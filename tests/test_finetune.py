@@ -27,7 +27,6 @@ def _text(seed, n_words):
     return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
 
 
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")

@@ -63,7 +63,6 @@ def perturb_b(model):
             layer.lora_B.normal_()
 
 
-
 IDS = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
 
 

@@ -72,7 +72,6 @@ def test_no_float_weight_is_kept_and_nothing_requires_grad():
     assert count_parameters(layer) == (0, D_OUT * D_IN + D_OUT)  # logical count, packing does not halve it
 
 
-
 def test_input_gradient_equals_linear_on_dequantized_weight():
     linear, layer = make_layer()
     x = torch.randn(3, 5, D_IN, requires_grad=True)
@@ -95,6 +94,7 @@ def test_backward_keeps_no_dequantised_weight():
         layer(torch.randn(4, D_IN, requires_grad=True))
     # a saved float copy of W (or of Wᵀ) would stay alive until backward and undo QLoRA's memory saving
     assert D_OUT * D_IN not in saved_sizes
+
 
 def test_state_dict_roundtrip_restores_outputs(tmp_path):
     _, layer = make_layer()

@@ -11,7 +11,6 @@ from minigpt.sample import load_model, sample
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
 
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run of the training command line on a small text file, with flags as a user would type them."""
