@@ -18,10 +18,11 @@ import importlib
 import multiprocessing
 import os
 import statistics
-import sys
 import time
 
 import torch
+
+from minigpt.device import ru_maxrss_bytes
 
 
 def pin_threads(threads):
@@ -156,7 +157,7 @@ def peak_rss_bytes():
     counter for this process's own memory only; we use it where it exists and ru_maxrss elsewhere.
     """
     kib = _status_kib("VmHWM")
-    return _ru_maxrss_bytes() if kib is None else kib * 1024
+    return ru_maxrss_bytes() if kib is None else kib * 1024
 
 
 def release_free_memory():
@@ -229,20 +230,11 @@ def run_isolated(job, kwargs, timeout):
 def _child(job, kwargs, sender):
     try:
         result = run_inline(job, kwargs)
-        result.update(peak_rss_bytes=peak_rss_bytes(), ru_maxrss_bytes=_ru_maxrss_bytes())
+        result.update(peak_rss_bytes=peak_rss_bytes(), ru_maxrss_bytes=ru_maxrss_bytes())
     except Exception as e:  # reported in the table, so one failing configuration does not end the run
         result = dict(status="failed", error=f"{type(e).__name__}: {e}")
     sender.send(result)
     sender.close()
-
-
-def _ru_maxrss_bytes():
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB on Linux
 
 
 def _ms_text(milliseconds):

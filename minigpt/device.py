@@ -5,6 +5,7 @@ the forward pass under bf16 autocast (weights and optimizer state stay float32);
 """
 
 import contextlib
+import sys
 
 import torch
 
@@ -35,3 +36,12 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def ru_maxrss_bytes():
+    """This process's peak resident memory in bytes from getrusage (None on Windows)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux

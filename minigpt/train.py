@@ -18,7 +18,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import time
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -29,7 +28,7 @@ from tqdm.auto import tqdm
 
 from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_checkpoint, rank_world, save_checkpoint
 from minigpt.data import encode_text, get_batch, load_tiny_shakespeare, split_train_val
-from minigpt.device import DEVICES, autocast, pick_device
+from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
 from minigpt.model import GPT, PRESETS, GPTConfig
 from minigpt.tokenizer import get_tokenizer
 
@@ -331,13 +330,7 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
 
 
 def _peak_memory(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else ru_maxrss_bytes()
 
 
 # ---- command line: flags -> GPTConfig overrides + TrainConfig -> train() ----
