@@ -1,6 +1,7 @@
 """lora: LoRA (Hu et al., 2021) and QLoRA's NF4 (Dettmers et al., 2023) for any PyTorch model."""
 
 from lora.adapter_io import load_adapter, lora_state_dict, read_adapter_config, save_adapter
+from lora.files import atomic_write
 from lora.inject import (
     apply_lora,
     disable_lora,
@@ -26,7 +27,7 @@ from lora.nf4 import (
 )
 from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
-from lora.safetensors_io import atomic_write, load_file, save_file
+from lora.safetensors_io import load_file, save_file
 
 __all__ = ["atomic_write", "load_file", "save_file"]
 __all__ += ["LoRALinear", "lora_scaling", "apply_lora", "disable_lora", "lora_layers", "mark_only_lora_trainable",

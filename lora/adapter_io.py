@@ -19,8 +19,9 @@ import os
 
 import torch
 
+from lora.files import atomic_write
 from lora.inject import apply_lora, lora_layers, mark_only_lora_trainable, plan_lora
-from lora.safetensors_io import atomic_write, load_file, save_file
+from lora.safetensors_io import load_file, save_file
 from lora.targets import ALL_LINEAR, name_matches
 
 CONFIG_NAME = "adapter_config.json"

@@ -8,18 +8,17 @@ implement it in a page instead of depending on the `safetensors` package:
     [rest]     the raw little-endian bytes of every tensor; data_offsets = [begin, end) into this part
 
 Nothing here unpickles anything, so a file from an untrusted source can at worst raise a ValueError.
-`atomic_write` is the one place in the project that turns "write a file" into "write a temporary
-file next to it, flush it to disk, then rename it over the target", so a crash never leaves half a file.
+Files are written through lora.files.atomic_write, so a crash never leaves half a file.
 """
 
-import contextlib
 import json
 import os
 import struct
 import sys
-import tempfile
 
 import torch
+
+from lora.files import atomic_write
 
 # safetensors dtype names <-> torch dtypes
 _DTYPES = {
@@ -32,32 +31,6 @@ _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses larger h
 
 if sys.byteorder != "little":  # the format is little-endian and we copy raw bytes
     raise ImportError("lora.safetensors_io needs a little-endian machine")
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a temporary file beside `path`; on success fsync it and rename it onto `path`.
-
-    On any exception the temporary file is removed and `path` is left as it was.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would have
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)  # atomic on POSIX and Windows when on the same filesystem
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
 
 
 def save_file(tensors, path, metadata=None):

@@ -26,6 +26,28 @@ def name_matches(name, target):
     return name == target or name.endswith("." + target)
 
 
+def parse_targets(targets):
+    """Targets as given by a user -> a list of names, or ["all-linear"].
+
+    Accepts "all-linear", a comma-separated string ("c_attn, c_proj"), or a sequence of names; the one
+    parser every entry point (apply_lora, quantize_model, the fine-tune CLI) goes through.
+
+    Raises:
+        ValueError: no names, or an entry that is not a non-empty string.
+    """
+    if isinstance(targets, str):
+        targets = [targets] if targets == ALL_LINEAR else [t.strip() for t in targets.split(",") if t.strip()]
+    elif isinstance(targets, (list, tuple)):
+        targets = list(targets)
+    else:
+        raise ValueError(f"targets={targets!r}: give module names as a list or a comma-separated string, or 'all-linear'")
+    if not targets or not all(isinstance(t, str) and t.strip() for t in targets):
+        raise ValueError(f"targets={targets!r}: give one or more module names (e.g. ['c_attn']) or 'all-linear'")
+    if ALL_LINEAR in targets and targets != [ALL_LINEAR]:
+        raise ValueError(f"targets={targets!r}: 'all-linear' cannot be combined with other names")
+    return targets
+
+
 def resolve_targets(model, targets, types=(nn.Linear,)):
     """Return the sorted-by-position list of (name, module) pairs that `targets` selects.
 
@@ -37,11 +59,7 @@ def resolve_targets(model, targets, types=(nn.Linear,)):
         ValueError: empty targets, a target that matches nothing (the message lists the candidate
             names), or a target that names a module of another type.
     """
-    if isinstance(targets, str):
-        targets = [targets] if targets == ALL_LINEAR else [t.strip() for t in targets.split(",") if t.strip()]
-    targets = list(targets)
-    if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"targets={targets!r}: give one or more module names (e.g. ['c_attn']) or 'all-linear'")
+    targets = parse_targets(targets)
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     candidate_names = [n for n, _ in candidates]
     if targets == [ALL_LINEAR]:
@@ -50,8 +68,6 @@ def resolve_targets(model, targets, types=(nn.Linear,)):
         if not chosen:
             raise ValueError(f"targets='all-linear' found no {_type_names(types)} layer besides the output head")
         return chosen
-    if ALL_LINEAR in targets:
-        raise ValueError(f"targets={targets!r}: 'all-linear' cannot be combined with other names")
     modules = dict(model.named_modules())
     chosen = {}
     for target in targets:

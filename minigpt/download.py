@@ -18,7 +18,7 @@ import urllib.request
 
 from tqdm.auto import tqdm
 
-from lora.safetensors_io import atomic_write
+from lora.files import atomic_write
 
 _CHUNK = 1 << 20  # 1 MiB per read: a smooth progress bar without a syscall per byte
 

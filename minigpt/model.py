@@ -222,19 +222,3 @@ class GPT(nn.Module):
         finally:
             self.train(was_training)
         return idx
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, **kwargs):
-        """Load GPT-2 weights: a local directory (config.json + model.safetensors) or a GPT-2 name.
-
-        See minigpt.pretrained.load_pretrained for the details and keyword arguments.
-        """
-        from minigpt.pretrained import load_pretrained  # local import: pretrained imports this module
-
-        return load_pretrained(name_or_dir, **kwargs)
-
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors in Hugging Face GPT-2's layout (minigpt.pretrained.save_pretrained)."""
-        from minigpt.pretrained import save_pretrained  # local import: pretrained imports this module
-
-        return save_pretrained(self, directory)

@@ -27,7 +27,8 @@ import pathlib
 
 import torch
 
-from lora.safetensors_io import atomic_write, load_file, save_file
+from lora.files import atomic_write
+from lora.safetensors_io import load_file, save_file
 from minigpt.download import cache_dir as default_cache_dir
 from minigpt.download import download
 from minigpt.model import GPT, GPTConfig

@@ -1,356 +1,57 @@
-"""Training loop for MiniGPT (and any model whose forward(idx, targets) returns (logits, loss)).
+"""`python -m minigpt.train`: train MiniGPT from scratch on tiny Shakespeare (or any text file).
 
-    python -m minigpt.train --preset cpu-char --data shakespeare_char --max-iters 2000 --dropout 0.0
+    python -m minigpt.train --preset cpu-char --tokenizer char --steps 2000 --dropout 0.0
     torchrun --nproc_per_node 2 -m minigpt.train ...      # DistributedDataParallel: gloo on CPU, nccl on CUDA
 
-AdamW over the parameters that require grad (weight decay on matrices only), linear warm-up then cosine
-decay, gradient clipping and accumulation, evaluation on fixed validation batches, bf16 autocast on
-CUDA, optional torch.compile and activation checkpointing, checkpoints that resume exactly, JSON lines.
-
-Batches: every step draws one global batch of B * k windows from a generator seeded with cfg.seed; each
-of the W processes keeps its contiguous share and splits it into k micro-batches. The gradient is the
-mean over the same global batch for any W or k, and a run is reproducible on CPU.
-Shape legend: B batch_size (global micro-batch), k grad_accum_steps, W processes, T block_size.
+The flags use the vocabulary of every minigpt command: --data is a text file, --steps counts
+optimizer steps, --eval-batches validation batches, --out the output folder. Every other
+TrainConfig field is a flag of the same name (--batch-size, --lr, --warmup-iters, ...); --n-layer,
+--n-head, --n-embd, --dropout, --bias and --block-size override the preset's model.
 """
 
 import argparse
-import contextlib
-import json
-import math
 import os
-import time
+import pathlib
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import fields
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_checkpoint, rank_world, save_checkpoint
-from minigpt.data import encode_text, get_batch, load_tiny_shakespeare, split_train_val
-from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
+from minigpt.checkpoint import rank_world
+from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.model import GPT, PRESETS, GPTConfig
 from minigpt.tokenizer import get_tokenizer
+from minigpt.trainer import TrainConfig, train
 
-# fields that may change when a run is resumed without changing its losses
-RESUME_FREE_FIELDS = ("max_iters", "resume", "out_dir", "checkpoint_interval", "metrics_path", "progress",
-                      "eval_interval", "eval_iters", "compile", "device", "gradient_checkpointing")
-
-
-@dataclass
-class TrainConfig:
-    # defaults: nanoGPT's config/train_shakespeare_char.py with its README's CPU overrides
-    max_iters: int = 2000             # optimizer steps in all; a resumed run continues up to this
-    batch_size: int = 12              # sequences per micro-step, summed over all processes
-    block_size: int | None = None     # tokens per sequence; None = the model's block_size
-    grad_accum_steps: int = 1         # micro-batches whose gradients add up to one optimizer step
-    lr: float = 1e-3                  # peak learning rate, reached at the end of warm-up
-    min_lr: float = 1e-4              # floor of the cosine decay
-    warmup_iters: int = 100           # linear warm-up steps
-    lr_decay_iters: int | None = None  # step where the cosine reaches min_lr; None = max_iters
-    weight_decay: float = 0.1         # AdamW's decoupled decay, on matrices (dim >= 2) only
-    beta1: float = 0.9
-    beta2: float = 0.99               # nanoGPT's choice for few tokens per step (GPT-3 used 0.95)
-    grad_clip: float = 1.0            # max global gradient norm; 0 turns clipping off
-    eval_interval: int = 250          # evaluate at step 0, every this many steps and at the end; 0 = end only
-    eval_iters: int = 20              # validation batches per evaluation
-    seed: int = 1337                  # batches, eval batches, dropout (seed + rank)
-    device: str = "auto"              # see minigpt.device.pick_device
-    compile: bool = False             # torch.compile the model
-    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, more time
-    progress: bool = True             # tqdm bar on rank 0
-    out_dir: str | None = None        # folder of ckpt.pt; None = no checkpoint
-    checkpoint_interval: int = 0      # also checkpoint every this many steps; 0 = only at the end
-    trainable_only: bool = False      # checkpoint only the parameters with requires_grad (LoRA)
-    resume: bool = False              # continue from out_dir/ckpt.pt when it exists
-    metrics_path: str | None = None   # JSON lines, one per step
-
-    def __post_init__(self):
-        optional = ("block_size", "lr_decay_iters")
-        positive = ("batch_size", "grad_accum_steps", "eval_iters", *optional)
-        for f in fields(self):
-            value, least = getattr(self, f.name), int(f.name in positive)
-            if f.type is int or f.name in optional and value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                    raise ValueError(f"TrainConfig.{f.name}={value!r}: must be an integer >= {least}")
-        # AdamW itself rejects betas outside [0, 1) and a negative weight_decay with a ValueError
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.grad_clip >= 0):
-            raise ValueError(f"TrainConfig lr={self.lr!r}, min_lr={self.min_lr!r}, grad_clip={self.grad_clip!r}: "
-                             "need lr > 0, 0 <= min_lr <= lr and grad_clip >= 0")
-        if self.device not in DEVICES:
-            raise ValueError(f"TrainConfig.device={self.device!r}: choose one of {list(DEVICES)}")
-
-
-@dataclass
-class TrainResult:
-    train_losses: list = field(default_factory=list)  # mean loss over the global batch, one per step
-    val_losses: list = field(default_factory=list)    # (step, mean val loss) per evaluation
-    final_val_loss: float | None = None
-    tokens_seen: int = 0                 # training tokens of the whole run, all processes, resumed part included
-    wall_time: float = 0.0               # seconds spent in this call
-    tokens_per_sec: float = 0.0          # this call's training tokens / time in optimizer steps (no evals, no I/O)
-    step_time_ms: float = 0.0            # mean duration of one optimizer step in this call
-    peak_memory_bytes: int | None = None  # CUDA max_memory_allocated; CPU: the process's peak RSS
-    optimizer_state_bytes: int = 0       # every tensor in the optimizer's state
-    checkpoint_path: str | None = None
-
-
-def lr_at(step, cfg):
-    """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine decay to min_lr.
-
-        step < W:    lr * (step + 1) / (W + 1)
-        step >= D:   min_lr
-        otherwise:   min_lr + 0.5 * (1 + cos(pi * (step - W) / (D - W))) * (lr - min_lr)
-
-    with W = warmup_iters and D = lr_decay_iters (or max_iters). Warm-up then cosine as in GPT-3
-    (Brown et al., 2020, appendix B.1), the cosine from SGDR (Loshchilov & Hutter, 2017); the formula is
-    nanoGPT's get_lr. Step W gets exactly lr, step (W + D) / 2 gets (lr + min_lr) / 2.
-    """
-    warmup, decay = cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters
-    if step < warmup:
-        return cfg.lr * (step + 1) / (warmup + 1)
-    if step >= decay:
-        return cfg.min_lr
-    ratio = (step - warmup) / (decay - warmup)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
-def configure_optimizer(model, cfg, param_groups=None, device="cpu"):
-    """AdamW over the parameters with requires_grad: weight decay on matrices (dim >= 2: Linear weights,
-    embeddings), none on biases and LayerNorm gains. Or over caller-given `param_groups` (e.g. LoRA+'s
-    larger lr for B) whose "lr" and "weight_decay" default to cfg's. Every group keeps its "base_lr";
-    the schedule sets lr = base_lr * lr_at(step) / cfg.lr."""
-    if param_groups is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        param_groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    groups = [dict(g, params=list(g["params"])) for g in param_groups]  # AdamW skips params without grads
-    groups = [g for g in groups if g["params"]]
-    if not groups:
-        raise ValueError("the model has no parameter with requires_grad=True: nothing to train")
-    for g in groups:
-        g["base_lr"] = g.setdefault("lr", cfg.lr)
-    # one fused kernel for all tensors: on CPU about 10x faster than the foreach default for small models
-    fused = torch.device(device).type in ("cpu", "cuda") or None
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                             fused=fused)
-
-
-@torch.no_grad()
-def estimate_loss(model, data, cfg):
-    """Mean loss over cfg.eval_iters batches of cfg.batch_size windows of `data`.
-
-    The batches come from a fresh generator seeded with cfg.seed, so every evaluation sees the same
-    windows and evaluations compare. The model runs in eval mode, then gets its previous mode back.
-    `cfg` is a TrainConfig or anything with batch_size, block_size, eval_iters and seed.
-    """
-    raw = getattr(model, "_orig_mod", model)  # a compiled model keeps the module here
-    block = cfg.block_size or raw.config.block_size
-    device = next(raw.parameters()).device
-    generator = torch.Generator().manual_seed(cfg.seed)
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.batch_size, block, generator=generator, device=device)
-            with autocast(device):
-                total += model(x, y)[1].item()
-    finally:
-        model.train(was_training)
-    return total / cfg.eval_iters
-
-
-def _resolve(cfg, model, world):
-    """cfg with block_size and lr_decay_iters filled in, after the checks that need the model."""
-    model_block = getattr(getattr(model, "config", None), "block_size", None)
-    block = cfg.block_size or model_block
-    if block is None:
-        raise ValueError("TrainConfig.block_size must be set for a model without .config.block_size")
-    if model_block is not None and block > model_block:
-        raise ValueError(f"TrainConfig.block_size={block} exceeds the model's block_size {model_block}")
-    if cfg.batch_size % world:
-        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is not divisible by the {world} processes")
-    return replace(cfg, block_size=block, lr_decay_iters=cfg.lr_decay_iters or cfg.max_iters)
-
-
-def _optimizer_step(fwd, optimizer, data, generator, cfg, device):
-    """One optimizer step on a fresh global batch; returns its mean loss over all processes."""
-    (rank, world), k = rank_world(), cfg.grad_accum_steps
-    x, y = get_batch(data, cfg.batch_size * k, cfg.block_size, generator=generator, device=device)  # (B*k, T)
-    share = x.size(0) // world  # this process's contiguous slice of the global batch
-    x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]  # (B*k/W, T)
-    total = torch.zeros((), device=device)
-    for i, (xb, yb) in enumerate(zip(x.chunk(k), y.chunk(k), strict=True)):  # k x (B/W, T)
-        # DDP averages gradients over processes; skip that all-reduce on all but the last micro-step
-        with fwd.no_sync() if world > 1 and i < k - 1 else contextlib.nullcontext():
-            with autocast(device):
-                _, loss = fwd(xb, yb)
-            (loss / k).backward()  # gradients add up: the mean over all k micro-batches
-        total += loss.detach() / k
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if world > 1:
-        dist.all_reduce(total)  # a SUM: gloo has no AVG
-        total /= world
-    return total.item()
-
-
-class _Run:
-    """What the steps of one train() call share: device, optimizer, batch generator, history, outputs."""
-
-    def __init__(self, model, cfg, param_groups, callback, extra):
-        self.t_start, self.step_time, self.model, self.cfg, self.extra = time.perf_counter(), 0.0, model, cfg, extra
-        rank, world = rank_world()
-        self.device = pick_device(cfg.device)
-        if self.device.type == "cuda" and world > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())  # the launcher set it from LOCAL_RANK
-        model.to(self.device)
-        if cfg.gradient_checkpointing:
-            if not hasattr(model, "set_gradient_checkpointing"):
-                raise ValueError(f"gradient_checkpointing=True but {type(model).__name__} cannot checkpoint")
-            model.set_gradient_checkpointing(True)
-        self.optimizer = configure_optimizer(model, cfg, param_groups, self.device)
-        check_plain(extra or {}, "extra")  # fail now rather than at the first checkpoint
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        torch.manual_seed(cfg.seed + rank)  # dropout: reproducible, and different on each process
-        self.history, self.start = {"train_losses": [], "val_losses": [], "tokens_seen": 0}, 0  # or the checkpoint's
-        if cfg.resume and cfg.out_dir and os.path.isfile(checkpoint_path(cfg.out_dir)):
-            ckpt = load_checkpoint(cfg.out_dir, model, self.optimizer, train_config=cfg, free_fields=RESUME_FREE_FIELDS,
-                                   generator=self.generator, rank=rank, world_size=world)
-            self.history, self.start = ckpt["history"], ckpt["step"]
-        # evaluation runs the compiled model without DDP: no gradients, nothing to synchronise
-        self.compiled = self.fwd = torch.compile(model) if cfg.compile else model
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.fwd = DistributedDataParallel(self.compiled, device_ids=ids)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.was_training = model.training
-        model.train()
-        self.bar = tqdm(total=cfg.max_iters, initial=self.start, disable=not (cfg.progress and rank == 0), unit="step")
-        self.callback, self.log = (callback if rank == 0 else None), None
-        if rank == 0 and cfg.metrics_path:
-            os.makedirs(os.path.dirname(os.path.abspath(cfg.metrics_path)), exist_ok=True)
-            self.log = open(cfg.metrics_path, "a" if self.start else "w", encoding="utf-8")  # appended step by step
-
-    def step(self, step, train_data, val_data):
-        """Optimizer step `step` (0-based) with its learning rate, bookkeeping and evaluation."""
-        cfg, lr = self.cfg, lr_at(step, self.cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr / cfg.lr
-        t0 = time.perf_counter()
-        loss = _optimizer_step(self.fwd, self.optimizer, train_data, self.generator, cfg, self.device)
-        dt = time.perf_counter() - t0
-        self.step_time += dt
-        tokens = cfg.batch_size * cfg.grad_accum_steps * cfg.block_size
-        self.history["train_losses"].append(loss)
-        self.history["tokens_seen"] += tokens
-        metrics = {"step": step + 1, "loss": loss, "lr": lr, "tokens_per_sec": tokens / dt}
-        if val_data is not None and (step + 1 == cfg.max_iters or cfg.eval_interval and (step + 1) % cfg.eval_interval == 0):
-            self.evaluate(val_data, metrics)
-        self.emit(metrics)
-        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
-        self.bar.update(1)
-
-    def evaluate(self, val_data, metrics):
-        metrics["val_loss"] = estimate_loss(self.compiled, val_data, self.cfg)
-        self.history["val_losses"].append((metrics["step"], metrics["val_loss"]))
-        return metrics
-
-    def emit(self, metrics):
-        metrics["elapsed"] = time.perf_counter() - self.t_start
-        if self.log is not None:
-            self.log.write(json.dumps(metrics) + "\n")
-            self.log.flush()
-        if self.callback is not None:
-            self.callback(metrics["step"], metrics)
-
-    def save(self, step):
-        # every process calls this (the RNG states are gathered); only rank 0 writes
-        return save_checkpoint(self.cfg.out_dir, self.model, self.optimizer, step=step, train_config=self.cfg,
-                               rng=capture_rng(self.generator), history=self.history, extra=self.extra,
-                               trainable_only=self.cfg.trainable_only)
-
-    def close(self):
-        self.bar.close()
-        if self.log is not None:
-            self.log.close()
-        self.model.train(self.was_training)
-
-    def result(self, path):
-        cfg, steps, val = self.cfg, self.cfg.max_iters - self.start, [tuple(v) for v in self.history["val_losses"]]
-        tokens = steps * cfg.batch_size * cfg.grad_accum_steps * cfg.block_size
-        return TrainResult(
-            train_losses=list(self.history["train_losses"]), val_losses=val, final_val_loss=val[-1][1] if val else None,
-            tokens_seen=self.history["tokens_seen"], wall_time=time.perf_counter() - self.t_start,
-            tokens_per_sec=tokens / self.step_time if steps > 0 else 0.0,
-            step_time_ms=1000 * self.step_time / steps if steps > 0 else 0.0, peak_memory_bytes=_peak_memory(self.device),
-            optimizer_state_bytes=sum(t.numel() * t.element_size() for s in self.optimizer.state.values()
-                                      for t in s.values() if isinstance(t, torch.Tensor)),
-            checkpoint_path=path)
-
-
-def train(model, train_data, val_data, cfg, param_groups=None, callback=None, extra=None):
-    """Train `model` on the token ids `train_data` up to cfg.max_iters optimizer steps.
-
-    Works in scripts, notebooks, tests and under torchrun (a process group makes it use DistributedDataParallel;
-    only rank 0 writes files, shows progress, calls `callback`). Seeds torch's RNG with cfg.seed + rank (dropout).
-
-    Args:
-        model: forward(idx, targets) -> (logits, loss); moved to cfg.device, left in its original mode.
-        train_data, val_data: (N,) int64 token ids; val_data None skips evaluation.
-        cfg: TrainConfig.
-        param_groups: AdamW groups to use instead of the decay / no-decay split.
-        callback: callback(step, metrics) after every step, with the keys of the JSON lines: step, loss, lr,
-            tokens_per_sec, elapsed, and val_loss on evaluation steps (step 0: the initial val_loss only).
-        extra: plain dict stored in checkpoints (tokenizer description, LoRA config, ...).
-    Returns:
-        TrainResult.
-    Raises:
-        ValueError: bad config or data, or a checkpoint that does not fit (see load_checkpoint).
-    """
-    cfg = _resolve(cfg, model, rank_world()[1])
-    run = _Run(model, cfg, param_groups, callback, extra)
-    try:
-        if run.start == 0 and cfg.eval_interval and val_data is not None:
-            run.emit(run.evaluate(val_data, {"step": 0}))
-        for step in range(run.start, cfg.max_iters):
-            run.step(step, train_data, val_data)
-            if cfg.out_dir and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0 \
-                    and step + 1 < cfg.max_iters:  # the last one is written below
-                run.save(step + 1)
-        path = run.save(max(run.start, cfg.max_iters)) if cfg.out_dir else None
-    finally:
-        run.close()
-    return run.result(path)
-
-
-def _peak_memory(device):
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else ru_maxrss_bytes()
-
-
-# ---- command line: flags -> GPTConfig overrides + TrainConfig -> train() ----
-
-DATASETS = {"shakespeare_char": "char", "shakespeare_byte": "byte", "shakespeare_gpt2": "gpt2"}
+TOKENIZERS = ("char", "byte", "gpt2")
 MODEL_FLAGS = {"n_layer": int, "n_head": int, "n_embd": int, "dropout": float, "bias": bool}
+# TrainConfig keeps nanoGPT's field names; the command line speaks the project's common vocabulary
+FLAG_NAMES = {"max_iters": "steps", "eval_iters": "eval_batches", "out_dir": "out"}
+
+
+def _flag_type(f):
+    """int for `int | None`, and so on: the one non-None type of a dataclass field."""
+    return next((t for t in typing.get_args(f.type) if t is not type(None)), f.type)
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m minigpt.train", description="Train MiniGPT from scratch.")
-    p.add_argument("--preset", default="cpu-char", choices=sorted(PRESETS), help="model preset (default cpu-char)")
-    p.add_argument("--data", default="shakespeare_char", choices=sorted(DATASETS), help="corpus and tokenizer")
-    p.add_argument("--data-path", help="a text file to train on instead of tiny Shakespeare")
-    flags = [(name, kind, "model override") for name, kind in MODEL_FLAGS.items()]
-    flags += [(f.name, next((t for t in typing.get_args(f.type) if t is not type(None)), f.type), f"default {f.default}")
-              for f in fields(TrainConfig)]  # every TrainConfig field; --block-size sets the model's too
-    for name, kind, help in flags:
-        names = ["--" + name.replace("_", "-")] + (["--out"] if name == "out_dir" else [])
+    p.add_argument("--preset", default="cpu-char", choices=sorted(PRESETS), help="model preset (default: cpu-char)")
+    p.add_argument("--data", help="a text file to train on (default: tiny Shakespeare)")
+    p.add_argument("--tokenizer", default="char", choices=TOKENIZERS,
+                   help="char: the text's characters (nanoGPT's shakespeare_char); byte: 256 bytes; gpt2: GPT-2's BPE "
+                        "(default: char)")
+    for name, kind in MODEL_FLAGS.items():
         how = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
-        p.add_argument(*names, dest=name, default=argparse.SUPPRESS, help=help, **how)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                       help="model override (default: the preset's)", **how)
+    for f in fields(TrainConfig):
+        kind, flag = _flag_type(f), FLAG_NAMES.get(f.name, f.name)
+        default = "out-<text>-<tokenizer>, e.g. out-shakespeare-char" if f.name == "out_dir" else f.default
+        how = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
+        p.add_argument("--" + flag.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                       help=f"(default: {default})", **how)
     return p
 
 
@@ -358,7 +59,8 @@ def main(argv=None):
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     model_kw = {k: args[k] for k in (*MODEL_FLAGS, "block_size") if k in args}
-    args.setdefault("out_dir", "out-" + args["data"].replace("_", "-"))
+    text_name = pathlib.Path(args["data"]).stem if args["data"] else "shakespeare"
+    args.setdefault("out_dir", f"out-{text_name}-{args['tokenizer']}")
     try:
         cfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
     except ValueError as e:
@@ -369,8 +71,8 @@ def main(argv=None):
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if cuda else "gloo")
-    text = load_tiny_shakespeare(args["data_path"])
-    tokenizer = get_tokenizer(DATASETS[args["data"]], text=text)
+    text = load_tiny_shakespeare(args["data"])
+    tokenizer = get_tokenizer(args["tokenizer"], text=text)
     train_text, val_text = split_train_val(text)  # split the text, then encode, as nanoGPT does for GPT-2
     train_ids, val_ids = encode_text(tokenizer, train_text), encode_text(tokenizer, val_text)
     torch.manual_seed(cfg.seed)  # the same initial weights on every process

@@ -7,7 +7,8 @@ import torch
 
 from helpers import FAST, assert_unchanged, corpus, snapshot, tiny_gpt
 from minigpt.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from minigpt.train import TrainConfig, configure_optimizer, train
+from minigpt.optim import configure_optimizer
+from minigpt.trainer import TrainConfig, train
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""minigpt.train under DistributedDataParallel: two CPU processes (gloo) train exactly what one process
+"""minigpt.trainer under DistributedDataParallel: two CPU processes (gloo) train exactly what one process
 trains on the same global batch."""
 
 import json
@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from minigpt.model import GPT, GPTConfig
-from minigpt.train import TrainConfig, train
+from minigpt.trainer import TrainConfig, train
 
 V, WORLD = 64, 2
 # global micro-batch 4 (2 per process), 2 micro-steps per optimizer step

@@ -14,6 +14,7 @@ import torch
 from lora.safetensors_io import load_file, save_file
 from minigpt import pretrained
 from minigpt.model import GPT, GPTConfig
+from minigpt.pretrained import load_pretrained, save_pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TINY = dict(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16)
@@ -66,7 +67,7 @@ def unchanged(model, before):
 @pytest.mark.parametrize("layout", [dict(prefix="transformer."), dict(prefix="", mask_buffers=True, lm_head=True)])
 def test_gpt2_layout_file_round_trips_to_identical_logits(tmp_path, layout):
     source = randomized(GPT(GPTConfig(**TINY)))
-    loaded = GPT.from_pretrained(write_gpt2_folder(tmp_path / "m", source, **layout)).eval()
+    loaded = load_pretrained(write_gpt2_folder(tmp_path / "m", source, **layout)).eval()
     idx = torch.randint(50, (2, 12))
     assert loaded.config == source.config
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
@@ -75,7 +76,7 @@ def test_gpt2_layout_file_round_trips_to_identical_logits(tmp_path, layout):
 
 def test_save_pretrained_writes_hf_layout_and_round_trips(tmp_path):
     source = randomized(GPT(GPTConfig(**TINY)))
-    source.save_pretrained(tmp_path)
+    save_pretrained(source, tmp_path)
     tensors, metadata = load_file(tmp_path / "model.safetensors")
     config = json.loads((tmp_path / "config.json").read_text())
     assert metadata == {"format": "pt"}
@@ -89,7 +90,7 @@ def test_save_pretrained_writes_hf_layout_and_round_trips(tmp_path):
 
 def test_logits_and_greedy_tokens_equal_hugging_face_gpt2():
     expected, _ = load_file(FIXTURES / "hf_gpt2_tiny_outputs.safetensors")
-    model = GPT.from_pretrained(str(FIXTURES / "hf_gpt2_tiny")).eval()
+    model = load_pretrained(str(FIXTURES / "hf_gpt2_tiny")).eval()
     ids, greedy = expected["input_ids"], expected["greedy"]
     with torch.no_grad():
         logits, _ = model(ids)
@@ -149,7 +150,7 @@ def test_config_our_gpt_cannot_reproduce_raises_value_error(tmp_path, change):
 
 def test_unknown_name_raises_value_error_listing_the_names():
     with pytest.raises(ValueError, match="gpt2-medium"):
-        GPT.from_pretrained("gpt3")
+        load_pretrained("gpt3")
 
 
 def test_known_name_loads_from_the_cache_without_downloading(tmp_path):
@@ -175,9 +176,9 @@ def test_download_fetches_both_files_and_checks_the_pinned_sha256(tmp_path, monk
 
 def test_save_pretrained_refuses_models_gpt2_layout_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="bias=False"):
-        GPT(GPTConfig(**TINY, bias=False)).save_pretrained(tmp_path)
+        save_pretrained(GPT(GPTConfig(**TINY, bias=False)), tmp_path)
     untied = GPT(GPTConfig(**TINY))
     untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
     with pytest.raises(ValueError, match="not tied"):
-        untied.save_pretrained(tmp_path)
+        save_pretrained(untied, tmp_path)
     assert list(tmp_path.iterdir()) == []

@@ -16,9 +16,9 @@ def run_dir(tmp_path_factory):
     """A run of the training command line on a small text file, with flags as a user would type them."""
     root = tmp_path_factory.mktemp("cli")
     (root / "input.txt").write_text(TEXT)
-    train_cli.main(["--preset", "test", "--data", "shakespeare_char", "--data-path", str(root / "input.txt"),
-                    "--max-iters", "20", "--lr-decay-iters", "20", "--batch-size", "4", "--block-size", "16",
-                    "--dropout", "0.0", "--no-bias", "--eval-iters", "2", "--device", "cpu", "--no-progress",
+    train_cli.main(["--preset", "test", "--tokenizer", "char", "--data", str(root / "input.txt"),
+                    "--steps", "20", "--lr-decay-iters", "20", "--batch-size", "4", "--block-size", "16",
+                    "--dropout", "0.0", "--no-bias", "--eval-batches", "2", "--device", "cpu", "--no-progress",
                     "--out", str(root / "run")])
     return root / "run"
 

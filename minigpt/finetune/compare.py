@@ -10,15 +10,15 @@ Each run is an ordinary fine-tuning run in <out>/<name>/; <out>/compare.md holds
 """
 
 import dataclasses
-import json
 import os
 import pathlib
 import time
 
-from lora.safetensors_io import atomic_write
-from minigpt.base_model import SCRATCH
-from minigpt.finetune import run_finetune, validate
-from minigpt.finetune_io import write_json
+from lora.files import atomic_write, write_json
+from minigpt.finetune.base_model import SCRATCH
+from minigpt.finetune.config import validate
+from minigpt.finetune.pipeline import run_finetune
+from minigpt.finetune.report import FinetuneReport
 
 RANKS = (1, 2, 4, 8, 16, 64)
 QLORA_RANK = 8
@@ -41,7 +41,7 @@ def run_compare(cfg, ranks=RANKS, callback=None):
     With cfg.resume a run whose report.json exists is read back instead of trained again.
 
     Returns:
-        {"reports": {name: report}, "table": markdown str, "markdown": path, "plot": path, "seconds": float}
+        {"reports": {name: FinetuneReport}, "table": markdown str, "markdown": path, "plot": path, "seconds": float}
     Raises:
         ValueError: any run's configuration is invalid (nothing has been written then).
     """
@@ -52,7 +52,7 @@ def run_compare(cfg, ranks=RANKS, callback=None):
     for name, c in runs:
         done = pathlib.Path(c.out) / "report.json"
         if c.resume and done.is_file():
-            reports[name] = json.loads(done.read_text(encoding="utf-8"))
+            reports[name] = FinetuneReport.read(done)
         else:
             reports[name] = run_finetune(c, callback=callback)
     table = markdown_table(reports)
@@ -60,7 +60,7 @@ def run_compare(cfg, ranks=RANKS, callback=None):
     with atomic_write(root / "compare.md", "w") as f:
         f.write(table + f"\n\n{len(runs)} runs of {cfg.steps} steps in {seconds:.0f} s.\n")
     save_compare_plot(reports, root / "compare.png")
-    write_json(root / "compare.json", reports)
+    write_json(root / "compare.json", {name: r.to_dict() for name, r in reports.items()})
     return {"reports": reports, "table": table, "markdown": str(root / "compare.md"),
             "plot": str(root / "compare.png"), "seconds": seconds}
 
@@ -70,11 +70,11 @@ def markdown_table(reports):
     rows = ["| run | method | rank | trainable params | val loss before | val loss after | wall time (s) | tokens/s |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in reports.items():
-        method = "scratch (full, random init)" if r["base"] == SCRATCH else r["method"]
-        rank = r["rank"] if r["rank"] is not None else "-"
-        rows.append(f"| {name} | {method} | {rank} | {r['trainable_params']:,} ({r['trainable_percent']:.2f}%) "
-                    f"| {r['val_loss_before']:.4f} | {r['val_loss_after']:.4f} | {r['train_seconds']:.1f} "
-                    f"| {r['tokens_per_sec']:,.0f} |")
+        method = "scratch (full, random init)" if r.base == SCRATCH else r.method
+        rank = r.rank if r.rank is not None else "-"
+        rows.append(f"| {name} | {method} | {rank} | {r.trainable_params:,} ({r.trainable_percent:.2f}%) "
+                    f"| {r.val_loss_before:.4f} | {r.val_loss_after:.4f} | {r.train_seconds:.1f} "
+                    f"| {r.tokens_per_sec:,.0f} |")
     return "\n".join(rows)
 
 
@@ -87,8 +87,8 @@ def save_compare_plot(reports, path):
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for name, r in reports.items():
-        steps, losses = zip(*r["val_curve"], strict=True)
-        ax.plot(steps, losses, "--" if r["base"] == SCRATCH else "-", marker="o", ms=2, label=name)
+        steps, losses = zip(*r.val_curve, strict=True)
+        ax.plot(steps, losses, "--" if r.base == SCRATCH else "-", marker="o", ms=2, label=name)
     ax.set(xlabel="step", ylabel="val loss (nats/token)", title="tiny Shakespeare: full vs LoRA vs QLoRA vs scratch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -10,13 +10,14 @@ import torch
 
 from lora import load_adapter
 from lora.inject import apply_lora
-from minigpt.base_model import BaseRecipe, tiny_base
 from minigpt.checkpoint import read_checkpoint
-from minigpt.compare import run_compare
 from minigpt.download import data_dir
-from minigpt.finetune import REPORT_KEYS, FinetuneConfig, format_report, main, run_finetune
+from minigpt.finetune import FinetuneConfig, FinetuneReport, format_report, run_finetune
+from minigpt.finetune.__main__ import main
+from minigpt.finetune.base_model import BaseRecipe, tiny_base
+from minigpt.finetune.compare import run_compare
 from minigpt.model import GPT, GPTConfig
-from minigpt.pretrained import save_pretrained
+from minigpt.pretrained import load_pretrained, save_pretrained
 
 METHODS = ("full", "lora", "qlora")
 
@@ -50,7 +51,7 @@ def runs(files):
 
 def _trained_model(cfg, report):
     """A fresh base with the final trainable weights of the run's checkpoint (not its adapter files)."""
-    model = GPT.from_pretrained(report["base_path"])
+    model = load_pretrained(report.base_path)
     if cfg.method == "qlora":
         from lora.nf4_linear import quantize_model
         quantize_model(model, "all-linear")
@@ -67,42 +68,43 @@ def _batch():
 @pytest.mark.parametrize("method", METHODS)
 def test_val_loss_goes_down(runs, method):
     report = runs[method][1]
-    assert report["val_loss_after"] < report["val_loss_before"] - 0.1
+    assert report.val_loss_after < report.val_loss_before - 0.1
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_report_json_holds_every_field(runs, method):
     cfg, report = runs[method]
-    assert set(report) == set(REPORT_KEYS)
     out = pathlib.Path(cfg.out)
-    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved) == {f.name for f in dataclasses.fields(FinetuneReport)}
+    assert FinetuneReport.from_dict(saved) == FinetuneReport.from_dict(json.loads(json.dumps(report.to_dict())))
     for name in ("config.json", "metrics.jsonl", "loss_curve.png", "merged/model.safetensors"):
         assert (out / name).is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file() == (method != "full")
-    assert "trainable params: " in report["params_summary"] and report["total_params"] >= report["trainable_params"] > 0
+    assert "trainable params: " in report.params_summary and report.total_params >= report.trainable_params > 0
     assert format_report(report).count("\n") >= 5
 
 
 def test_lora_trains_r_times_din_plus_dout_per_layer(runs):
     # per block, (d_in + d_out) summed over c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj is 4C + 2C + 5C + 5C
     C, n_layer, rank = 16, 2, 4
-    assert runs["lora"][1]["trainable_params"] == rank * 16 * C * n_layer
-    assert runs["qlora"][1]["trainable_params"] == runs["lora"][1]["trainable_params"]
+    assert runs["lora"][1].trainable_params == rank * 16 * C * n_layer
+    assert runs["qlora"][1].trainable_params == runs["lora"][1].trainable_params
     # NF4 stores the 12 C^2 weights per block in ~4.13 bits instead of 32: at least 80% of their bytes go
-    saved = runs["qlora"][1]["quantized_bytes_before"] - runs["qlora"][1]["quantized_bytes_after"]
+    saved = runs["qlora"][1].quantized_bytes_before - runs["qlora"][1].quantized_bytes_after
     assert saved > 0.8 * 4 * 12 * C * C * n_layer
 
 
 def test_base_is_pretrained_once_then_cached(runs):
-    cached = [runs[m][1]["base_cached"] for m in METHODS]
+    cached = [runs[m][1].base_cached for m in METHODS]
     assert cached == [False, True, True]
-    assert len({runs[m][1]["base_path"] for m in METHODS}) == 1
+    assert len({runs[m][1].base_path for m in METHODS}) == 1
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_adapter_reloads_into_fresh_base_exactly(runs, method):
     cfg, report = runs[method]
-    model = GPT.from_pretrained(report["base_path"])
+    model = load_pretrained(report.base_path)
     if method == "qlora":
         from lora.nf4_linear import quantize_model
         quantize_model(model, "all-linear")
@@ -114,12 +116,12 @@ def test_adapter_reloads_into_fresh_base_exactly(runs, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_merged_model_reloads_and_matches(runs, method):
     cfg, report = runs[method]
-    merged = GPT.from_pretrained(pathlib.Path(cfg.out) / "merged").eval()
+    merged = load_pretrained(pathlib.Path(cfg.out) / "merged").eval()
     with torch.no_grad():
         diff = (merged(_batch())[0] - _trained_model(cfg, report)(_batch())[0]).abs().max().item()
     assert diff < 1e-4
     if method != "full":
-        assert 0 <= report["merged_max_abs_logit_diff"] < 1e-4
+        assert 0 <= report.merged_max_abs_logit_diff < 1e-4
 
 
 def _losses(cfg):
@@ -138,9 +140,9 @@ def test_resume_gives_the_same_losses(files, runs, method):
     with pytest.raises(KeyboardInterrupt):
         run_finetune(cfg, callback=interrupt)
     report = run_finetune(dataclasses.replace(cfg, resume=True))
-    assert report["resumed_from_step"] == 20
+    assert report.resumed_from_step == 20
     assert _losses(cfg) == _losses(runs[method][0])
-    assert report["val_loss_after"] == runs[method][1]["val_loss_after"]
+    assert report.val_loss_after == runs[method][1].val_loss_after
 
 
 @pytest.mark.skipif(not (data_dir() and (data_dir() / "gpt2" / "vocab.bpe").is_file()),
@@ -152,8 +154,8 @@ def test_gpt2_layout_folder_fine_tunes_with_bpe_and_short_blocks(files):
     cfg = _cfg(files, "lora", name="gpt2-like-lora", base=str(folder), base_corpus=None,
                steps=6, eval_interval=3, eval_batches=2)
     report = run_finetune(cfg)
-    assert report["val_loss_after"] < report["val_loss_before"]
-    assert report["trainable_params"] == 4 * 16 * 16  # one block: r * 16 C
+    assert report.val_loss_after < report.val_loss_before
+    assert report.trainable_params == 4 * 16 * 16  # one block: r * 16 C
     assert (files / "gpt2-like-lora" / "adapter" / "adapter_config.json").is_file()
 
 

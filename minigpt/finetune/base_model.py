@@ -1,6 +1,6 @@
 """The model a fine-tuning run starts from: real GPT-2, or a tiny byte-level GPT pretrained once here.
 
-    gpt2, gpt2-medium, ...   GPT-2's weights (GPT.from_pretrained), GPT-2's BPE tokenizer
+    gpt2, gpt2-medium, ...   GPT-2's weights (minigpt.load_pretrained), GPT-2's BPE tokenizer
     a folder                 any GPT-2-layout folder (config.json + model.safetensors), GPT-2's BPE
     tiny                     a byte-level MiniGPT pretrained on the Python docs (minigpt.corpus) or on
                              a text file of yours, then cached: cache_dir()/bases/<key>/
@@ -22,14 +22,14 @@ import time
 
 import torch
 
-from minigpt.corpus import read_corpus_file, sha256_text, stdlib_corpus
+from lora.files import temp_dir
 from minigpt.data import encode_text, split_train_val
 from minigpt.download import cache_dir
-from minigpt.finetune_io import temp_dir
+from minigpt.finetune.corpus import read_corpus_file, sha256_text, stdlib_corpus
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import GPT2_NAMES, config_from_hf, load_pretrained, save_pretrained
 from minigpt.tokenizer import get_tokenizer
-from minigpt.train import TrainConfig, train
+from minigpt.trainer import TrainConfig, train
 
 TINY, SCRATCH = "tiny", "scratch"
 KEY_VERSION = 1  # bump when the recipe below changes in a way the key does not capture

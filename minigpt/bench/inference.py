@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from lora import LoRALinear, apply_lora, merge_and_unload, merge_lora
-from minigpt.bench_harness import make_section, make_target, ms, spread_ms, time_interleaved
-from minigpt.bench_train import LORA, random_batch
+from minigpt.bench.harness import make_section, make_target, ms, spread_ms, time_interleaved
+from minigpt.bench.train_step import LORA, random_batch
 from minigpt.model import GPT, GPTConfig
 
 VARIANTS = ("base", "lora unmerged", "lora merged", "merged + unloaded")

@@ -13,8 +13,8 @@ import time
 import torch
 import torch._inductor.config
 
-from minigpt.bench_harness import make_section, ms, pin_threads, run_inline, run_isolated, spread_ms, time_interleaved
-from minigpt.bench_train import make_optimizer, make_step, random_batch
+from minigpt.bench.harness import make_section, ms, pin_threads, run_inline, run_isolated, spread_ms, time_interleaved
+from minigpt.bench.train_step import make_optimizer, make_step, random_batch
 from minigpt.model import GPT, GPTConfig
 
 
@@ -50,9 +50,9 @@ def run_throughput(cfg):
     kwargs = dict(use_compile=not cfg.quick, threads=cfg.threads, warmup=max(cfg.warmup, 3), repeats=cfg.repeats,
                   seed=cfg.seed)
     if cfg.quick:  # a smoke test: no compile (it takes minutes), and no second start of torch in a new process
-        r = run_inline("minigpt.bench_throughput:throughput_job", kwargs)
+        r = run_inline("minigpt.bench.throughput:throughput_job", kwargs)
     else:
-        r = run_isolated("minigpt.bench_throughput:throughput_job", kwargs, cfg.timeout)
+        r = run_isolated("minigpt.bench.throughput:throughput_job", kwargs, cfg.timeout)
     rows = []
     for mode in ("eager", "torch.compile"):
         t = r.get("step", {}).get(mode)
@@ -65,7 +65,7 @@ def run_throughput(cfg):
     steps = r.get("step", {})
     speedup = steps["eager"]["median"] / steps["torch.compile"]["median"] if len(steps) == 2 else None
     notes = ["preset cpu-char (4 layers, 4 heads, 128 wide, vocab 256), batch 12, block 64, dropout 0: nanoGPT's "
-             "documented CPU recipe; full training, steps as in section 1 (minigpt.train's AdamW and clipping); "
+             "documented CPU recipe; full training, steps as in section 1 (minigpt.trainer's AdamW and clipping); "
              "eager and compiled copies of the same model in one subprocess, timed round-robin.",
              "first step: with torch.compile it includes tracing and C++ compilation, with inductor's on-disk cache "
              "off (a first run's cost); it is not in the median.",

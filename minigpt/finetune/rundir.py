@@ -1,7 +1,8 @@
 """The output folder of a fine-tuning run: refusing a folder of another run, atomic publishing, the loss curve.
 
-A run folder holds OUTPUTS. Files are written with lora.safetensors_io.atomic_write and folders are built
-beside their final place and renamed into it, so an interrupted run never leaves half a file behind.
+A run folder holds OUTPUTS. Files are written with lora.files.atomic_write and folders with
+lora.files.atomic_dir (built beside their final place, then renamed into it), so an interrupted run
+never leaves half a file behind.
 """
 
 import dataclasses
@@ -9,9 +10,8 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
-from lora.safetensors_io import atomic_write
+from lora.files import atomic_write
 from minigpt.checkpoint import checkpoint_path, read_checkpoint
 
 OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "report.json")
@@ -69,35 +69,6 @@ def trim_metrics(out):
     return step
 
 
-def temp_dir(parent, name):
-    """A new hidden folder in `parent` to build `name` in, with the permissions mkdir would give it."""
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
-    umask = os.umask(0)  # mkdtemp makes it 0700; read the umask (only by setting it) and restore it
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    return tmp
-
-
-def publish_dir(out, name, write):
-    """write(tmp_folder) into a temporary folder, then swap it in as out/name."""
-    tmp = temp_dir(out, name)
-    old = out / f".{name}.old"
-    try:
-        write(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if (out / name).exists():
-            os.rename(out / name, old)
-        os.rename(tmp, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def dir_bytes(path):
-    """Bytes of all files under `path`."""
-    return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
-
-
 def save_loss_curve(train_losses, val_losses, path, title):
     """Training loss per step and validation loss per evaluation, as a PNG (matplotlib's Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -115,9 +86,3 @@ def save_loss_curve(train_losses, val_losses, path, title):
     ax.legend()
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=100)
-
-
-def write_json(path, obj):
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")

@@ -199,7 +199,7 @@ def _context():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     # torch._dynamo: torch.optim imports it on first use, which alone takes seconds
-    ctx.set_forkserver_preload(["torch._dynamo", "minigpt.bench_train", "minigpt.bench_throughput"])
+    ctx.set_forkserver_preload(["torch._dynamo", "minigpt.bench.train_step", "minigpt.bench.throughput"])
     return ctx
 
 

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from minigpt.bench import SECTIONS, BenchConfig, busy_warning, parse_args, run
-from minigpt.bench_harness import summarize
+from minigpt.bench import SECTIONS, BenchConfig, busy_warning, run
+from minigpt.bench.__main__ import parse_args
+from minigpt.bench.harness import summarize
 
 SUMMARY_KEYS = {"median", "q1", "q3", "min", "max", "n"}
 

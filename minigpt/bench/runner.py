@@ -1,4 +1,6 @@
-"""Benchmarks: what LoRA and QLoRA save, measured on your own machine.
+"""The benchmark runner: its configuration, the sections, machine facts and markdown rendering.
+
+Benchmarks: what LoRA and QLoRA save, measured on your own machine.
 
     python -m minigpt.bench                      # all five sections, a few minutes on a laptop CPU
     python -m minigpt.bench --quick              # tiny sizes, few repeats: checks that everything runs
@@ -15,9 +17,7 @@ Prints markdown tables to stdout and writes every figure to a JSON file. Timings
 repeats after warm-up, with the spread; the thread count is pinned and printed. Nothing here asserts a speed.
 """
 
-import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -28,15 +28,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from lora.safetensors_io import atomic_write
-from minigpt.bench_harness import load_average, pinned_threads
+from lora.files import atomic_write
+from minigpt.bench.harness import load_average, pinned_threads
 
 SECTIONS = {
-    1: ("train_step", "minigpt.bench_train:run_train_step"),
-    2: ("inference", "minigpt.bench_infer:run_inference"),
-    3: ("lora_layer", "minigpt.bench_infer:run_lora_layer"),
-    4: ("nf4", "minigpt.bench_nf4:run_nf4"),
-    5: ("throughput", "minigpt.bench_throughput:run_throughput"),
+    1: ("train_step", "minigpt.bench.train_step:run_train_step"),
+    2: ("inference", "minigpt.bench.inference:run_inference"),
+    3: ("lora_layer", "minigpt.bench.inference:run_lora_layer"),
+    4: ("nf4", "minigpt.bench.nf4:run_nf4"),
+    5: ("throughput", "minigpt.bench.throughput:run_throughput"),
 }
 
 
@@ -69,25 +69,6 @@ class BenchConfig:
             self.repeats = 3 if self.quick else 30
         if self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: need warmup >= 0 and repeats >= 1")
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers, e.g. 1,4")
-    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
-    p.add_argument("--threads", type=int, default=_default_threads(), help="torch threads (default: usable cores)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", default="bench.json", help="where to write the JSON results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=int, default=1200, help="seconds allowed to each subprocess")
-    a = p.parse_args(argv)
-    try:
-        sections = tuple(int(s) for s in a.sections.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"--sections={a.sections!r}: give numbers from {sorted(SECTIONS)}, e.g. 1,4") from None
-    return BenchConfig(sections=sections, quick=a.quick, threads=a.threads, warmup=a.warmup,
-                       repeats=a.repeats, out=a.out, seed=a.seed, timeout=a.timeout)
 
 
 def cpu_name():
@@ -190,16 +171,3 @@ def run(cfg, emit=print):
     with atomic_write(cfg.out, "w") as f:
         json.dump(results, f, indent=1)
     return results
-
-
-def main(argv=None):
-    try:
-        cfg = parse_args(argv)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    run(cfg, emit=functools.partial(print, flush=True))
-    print(f"wrote {cfg.out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ Shape legend: d_out x d_in, the layout of nn.Linear.weight.
 import torch
 
 from lora import dequantize_nf4, nbytes, quantize_nf4
-from minigpt.bench_harness import make_section, make_target, ms, spread_ms, time_fn
+from minigpt.bench.harness import make_section, make_target, ms, spread_ms, time_fn
 
 STD = 0.02  # GPT-2's weight init std
 

@@ -1,4 +1,4 @@
-"""minigpt.train: the schedule, the optimizer set-up, gradient accumulation, and what train() returns and writes."""
+"""minigpt.trainer and minigpt.optim: the schedule, the optimizer set-up, gradient accumulation, and what train() returns and writes."""
 
 import itertools
 import json
@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from helpers import FAST, V, corpus, tiny_gpt
-from minigpt.train import TrainConfig, configure_optimizer, estimate_loss, lr_at, train
+from minigpt.optim import configure_optimizer, lr_at
+from minigpt.trainer import TrainConfig, estimate_loss, train
 
 
 class Bigram(nn.Module):

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from minigpt.corpus import SKIP_DIRS, read_corpus_file, sha256_text, stdlib_corpus, stdlib_py_files
+from minigpt.finetune.corpus import SKIP_DIRS, read_corpus_file, sha256_text, stdlib_corpus, stdlib_py_files
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ trained in float32). Step times come from one subprocess that holds all three an
 round-robin, so the ratios are measured side by side; bytes and peak memory come from one subprocess
 per method (see bench_harness.run_isolated), so each peak is that method's own.
 
-A step is forward, backward, gradient clipping, AdamW update, zero_grad: what minigpt.train does per
+A step is forward, backward, gradient clipping, AdamW update, zero_grad: what minigpt.trainer does per
 batch. The batch holds random token ids: speed and memory do not depend on what the tokens say.
 
 Shape legend: B batch, T sequence length, V vocab size.
@@ -16,7 +16,7 @@ Shape legend: B batch, T sequence length, V vocab size.
 import torch
 
 from lora import LinearNF4, apply_lora, model_weight_bytes, nbytes, quantize_model
-from minigpt.bench_harness import (
+from minigpt.bench.harness import (
     current_rss_bytes,
     human_bytes,
     make_section,
@@ -34,9 +34,10 @@ from minigpt.bench_harness import (
     time_interleaved,
 )
 from minigpt.model import GPT, GPTConfig
-from minigpt.train import TrainConfig, configure_optimizer
+from minigpt.optim import configure_optimizer
+from minigpt.trainer import TrainConfig
 
-GRAD_CLIP = 1.0  # minigpt.train's default max gradient norm
+GRAD_CLIP = 1.0  # minigpt.trainer's default max gradient norm
 
 LORA = dict(rank=8, alpha=16, targets=["c_attn"])  # PEFT's default for GPT-2: LoRA on the fused q/k/v projection
 QLORA_QUANTIZED = "all-linear"                      # QLoRA quantises every linear layer but the (tied) output head
@@ -73,14 +74,14 @@ def random_batch(vocab_size, batch, seq_len, seed):
 
 
 def make_optimizer(model):
-    """AdamW as minigpt.train sets it up by default: nanoGPT's shakespeare_char (lr 1e-3, betas 0.9/0.99,
+    """AdamW as minigpt.trainer sets it up by default: nanoGPT's shakespeare_char (lr 1e-3, betas 0.9/0.99,
     weight decay 0.1 on matrices only), over the parameters that require grad."""
     return configure_optimizer(model, TrainConfig())
 
 
 def make_step(model, optimizer, x, y, grad_clip=GRAD_CLIP):
     """One training step as a closure: forward, backward, gradient clipping, AdamW update, zero_grad,
-    as minigpt.train runs it (without its batch sampling and logging)."""
+    as minigpt.trainer runs it (without its batch sampling and logging)."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def step():
@@ -191,9 +192,9 @@ def run_train_step(cfg):
     rows, targets, results = [], [], []
     for label, preset, batch, seq_len, divisor in _train_models(cfg.quick):
         shape = dict(preset=preset, batch=batch, seq_len=seq_len, threads=cfg.threads, seed=cfg.seed)
-        timing = run_isolated("minigpt.bench_train:train_timing_job",
+        timing = run_isolated("minigpt.bench.train_step:train_timing_job",
                               dict(shape, warmup=cfg.warmup, repeats=max(3, cfg.repeats // divisor)), cfg.timeout)
-        mem = {m: run_isolated("minigpt.bench_train:train_memory_job", dict(shape, method=m), cfg.timeout)
+        mem = {m: run_isolated("minigpt.bench.train_step:train_memory_job", dict(shape, method=m), cfg.timeout)
                for m in METHODS}
         results.append(dict(label=label, timing=timing, memory=mem))
         rows += [_train_row(label, m, mem, timing) for m in METHODS]
@@ -204,7 +205,7 @@ def run_train_step(cfg):
     shapes = ", ".join(f"{label} (B={b}, T={t})" for label, _, b, t, _ in _train_models(cfg.quick))
     notes = [f"models and batches: {shapes}; LoRA rank {LORA['rank']}, alpha {LORA['alpha']} on {LORA['targets']}; "
              f"QLoRA: {QLORA_QUANTIZED} quantised to NF4 with double quantisation, same adapters; a step is "
-             "forward, backward, clip_grad_norm_(1.0), AdamW (minigpt.train.configure_optimizer), zero_grad.",
+             "forward, backward, clip_grad_norm_(1.0), AdamW (minigpt.optim.configure_optimizer), zero_grad.",
              "step times: the three methods in one process, timed round-robin. Bytes are read from the tensors "
              "(p.grad, optimizer.state, parameters and buffers), each method in a process of its own. Peak RSS: "
              "that process's resident high-water mark (VmHWM) over its life; training peak: the same counter "

@@ -1,0 +1,13 @@
+"""`python -m minigpt.bench`: one harness, one module per section.
+
+    runner.py      BenchConfig, the section table, run(): markdown tables and a JSON file
+    harness.py     timers, memory readings, byte counts, thread pinning, subprocess isolation
+    train_step.py  1: a training step, full vs LoRA vs QLoRA
+    inference.py   2: inference, base vs LoRA unmerged vs merged; 3: one LoRALinear vs nn.Linear
+    nf4.py         4: NF4 quantise/dequantise throughput and error
+    throughput.py  5: MiniGPT training throughput on nanoGPT's CPU configuration
+"""
+
+from minigpt.bench.runner import SECTIONS, BenchConfig, busy_warning, run
+
+__all__ = ["SECTIONS", "BenchConfig", "busy_warning", "run"]

@@ -1,0 +1,39 @@
+"""`python -m minigpt.bench`: what LoRA and QLoRA save, measured on your own machine (see minigpt.bench.runner)."""
+
+import argparse
+import functools
+import sys
+
+from minigpt.bench.runner import SECTIONS, BenchConfig, _default_threads, run
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers, e.g. 1,4")
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
+    p.add_argument("--threads", type=int, default=_default_threads(), help="torch threads (default: usable cores)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", default="bench.json", help="where to write the JSON results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=int, default=1200, help="seconds allowed to each subprocess")
+    a = p.parse_args(argv)
+    try:
+        sections = tuple(int(s) for s in a.sections.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--sections={a.sections!r}: give numbers from {sorted(SECTIONS)}, e.g. 1,4") from None
+    return BenchConfig(sections=sections, quick=a.quick, threads=a.threads, warmup=a.warmup,
+                       repeats=a.repeats, out=a.out, seed=a.seed, timeout=a.timeout)
+
+
+def main(argv=None):
+    try:
+        cfg = parse_args(argv)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    run(cfg, emit=functools.partial(print, flush=True))
+    print(f"wrote {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The fine-tune's configuration: one dataclass, its defaults, and the checks run before any work starts.
+
+Everything a run needs is decided here, once: `validate` fills in the defaults that depend on other
+fields (learning rate, block size, output folder) and refuses every bad value, naming it, before a
+file is written or a weight is loaded.
+"""
+
+import dataclasses
+import os
+
+import torch
+
+from lora.checks import check_choice, check_float, check_int
+from lora.inject import plan_lora
+from lora.targets import parse_targets
+from minigpt.device import DEVICES, pick_device
+from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text
+from minigpt.finetune.rundir import check_out_dir
+from minigpt.model import GPT, PRESETS
+
+METHODS = ("full", "lora", "qlora")
+# peak learning rates, the best of a sweep on the tiny base (docs/results.md): LoRA's update B A starts
+# at zero and lives in a rank-r subspace, so it needs a larger step than full fine-tuning
+DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
+SCRATCH_LR = 1e-3  # nanoGPT's lr for its small character model trained from random weights
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    method: str = "lora"          # full | lora | qlora
+    base: str = TINY              # tiny | scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a folder
+    base_corpus: str | None = None  # text file the tiny base is pretrained on; None = the Python docs
+    base_preset: str = "tiny"     # architecture of the tiny base (a GPTConfig preset; vocabulary 256)
+    base_steps: int = 800         # pretraining steps of the tiny base
+    rank: int = 8                 # LoRA r
+    alpha: float = 16.0           # LoRA alpha; the update is scaled by alpha / r
+    dropout: float = 0.0          # LoRA dropout on the adapter's input
+    targets: str = "all-linear"   # comma-separated module names, or every Linear of the blocks
+    steps: int = 300              # optimizer steps of fine-tuning
+    batch_size: int = 16          # sequences per step
+    block_size: int | None = None  # tokens per sequence; None = min(128, the base's block size)
+    lr: float | None = None       # peak learning rate; None = DEFAULT_LR[method] (SCRATCH_LR for scratch)
+    device: str = "auto"          # auto | cpu | cuda | mps
+    compile: bool = False         # torch.compile the model for training
+    out: str | None = None        # output folder; None = runs/finetune-<method>
+    resume: bool = False          # continue the interrupted run in --out
+    overwrite: bool = False       # replace a run of another configuration in --out
+    seed: int = 1337              # batches, LoRA init, sampling
+    eval_interval: int = 50       # evaluate (and checkpoint) every this many steps
+    eval_batches: int = 20        # validation batches per evaluation
+    data: str | None = None       # tiny Shakespeare's input.txt; None = found by minigpt.data
+    prompt: str = "ROMEO:"        # sample prompt, before and after fine-tuning
+    sample_tokens: int = 200      # tokens sampled after the prompt
+    cache_dir: str | None = None  # cache of tiny bases and GPT-2 downloads; None = minigpt.download.cache_dir()
+    progress: bool = True         # progress bars
+
+
+def recipe_of(cfg):
+    """The BaseRecipe of the tiny base `cfg` fine-tunes (its seed is the run's seed)."""
+    return BaseRecipe(preset=cfg.base_preset, steps=cfg.base_steps, seed=cfg.seed, corpus=cfg.base_corpus)
+
+
+def _check_values(cfg):
+    check_choice("method", cfg.method, METHODS)
+    if cfg.base == SCRATCH and cfg.method != "full":
+        raise ValueError(f"base='scratch' trains every weight from random init; use method='full', not {cfg.method!r}")
+    check_choice("base_preset", cfg.base_preset, sorted(PRESETS))
+    for name in ("base_steps", "rank", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
+        check_int(name, getattr(cfg, name))
+    check_float("alpha", cfg.alpha)
+    check_float("dropout", cfg.dropout, 0.0, 1.0, low_open=False)
+    if cfg.lr is not None:
+        check_float("lr", cfg.lr)
+    check_choice("device", cfg.device, DEVICES)
+    if not isinstance(cfg.prompt, str) or not cfg.prompt:
+        raise ValueError(f"prompt={cfg.prompt!r}: give a non-empty prompt to sample from")
+    parse_targets(cfg.targets)
+
+
+def _check_base(cfg):
+    """The base's GPTConfig, after checking the base, its corpus, the block size, rank and targets against it."""
+    config = base_config(cfg.base, recipe_of(cfg))  # unknown base -> ValueError
+    if cfg.base_corpus is not None:
+        if cfg.base != TINY:
+            raise ValueError(f"base_corpus is for base='tiny'; base={cfg.base!r} is already pretrained")
+        try:
+            corpus_text(recipe_of(cfg))  # empty or not text -> ValueError
+        except FileNotFoundError:
+            raise ValueError(f"base_corpus={cfg.base_corpus!r}: no such file; give a UTF-8 text file") from None
+    if cfg.block_size is not None:
+        check_int("block_size", cfg.block_size)
+        if cfg.block_size > config.block_size:
+            raise ValueError(f"block_size={cfg.block_size}: the base's position table holds at most {config.block_size}")
+    if cfg.method != "full":
+        with torch.device("meta"):  # the architecture only: no memory, no time
+            skeleton = GPT(config)
+        plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets))  # rank > width, bad targets
+    return config
+
+
+def validate(cfg):
+    """Check every field of `cfg` and fill in the defaults; writes nothing.
+
+    Returns:
+        a new FinetuneConfig with lr, block_size and out filled in.
+    Raises:
+        ValueError: naming the bad value and what is allowed: unknown method or base, a rank above
+            the smallest targeted layer's width, non-positive sizes, a corpus that is empty or not
+            text, an --out holding a run of another configuration, an unavailable device.
+    """
+    _check_values(cfg)
+    config = _check_base(cfg)
+    lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if cfg.base == SCRATCH else DEFAULT_LR[cfg.method])
+    cfg = dataclasses.replace(
+        cfg, lr=float(lr), alpha=float(cfg.alpha), block_size=cfg.block_size or min(128, config.block_size),
+        out=cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}"))
+    pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
+    check_out_dir(cfg)
+    return cfg
