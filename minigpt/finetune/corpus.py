@@ -15,6 +15,8 @@ import pydoc_data.topics
 import sysconfig
 import tokenize
 
+from lora.checks import check_int
+
 # folders of the standard library whose text is not documentation prose (test suites, the IDLE
 # application) or not part of the standard library at all (installed packages)
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__"})
@@ -73,8 +75,7 @@ def stdlib_corpus(max_chars=MAX_CHARS, root=None):
     Returns:
         str, identical on every call with the same Python installation.
     """
-    if not isinstance(max_chars, int) or max_chars <= 0:
-        raise ValueError(f"max_chars={max_chars!r}: must be a positive integer")
+    check_int("max_chars", max_chars)
     docs = (module_docstring(p) for p in stdlib_py_files(root))
     text = "\n\n".join((topics_text(), *filter(None, docs))) + "\n"
     if len(text) > max_chars:
