@@ -98,8 +98,8 @@ def pretrain(text, config, recipe, device="auto", progress=True):
         val_ids = train_ids
     torch.manual_seed(recipe.seed)
     model = GPT(config)
-    cfg = TrainConfig(max_iters=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 10,
-                      warmup_iters=min(100, recipe.steps // 10), eval_interval=0, eval_iters=10,
+    cfg = TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 10,
+                      warmup_steps=min(100, recipe.steps // 10), eval_interval=0, eval_batches=10,
                       seed=recipe.seed, device=device, progress=progress)
     result = train(model, train_ids, val_ids, cfg)
     return model.cpu(), result

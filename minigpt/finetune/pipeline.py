@@ -54,11 +54,11 @@ def load_data(cfg, tokenizer):
 def train_config(cfg):
     """The TrainConfig of a fine-tuning run: warm-up over 5% of the steps, cosine to lr / 10."""
     return TrainConfig(
-        max_iters=cfg.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr, min_lr=cfg.lr / 10,
-        warmup_iters=cfg.steps // 20, eval_interval=cfg.eval_interval, eval_iters=cfg.eval_batches, seed=cfg.seed,
+        steps=cfg.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr, min_lr=cfg.lr / 10,
+        warmup_steps=cfg.steps // 20, eval_interval=cfg.eval_interval, eval_batches=cfg.eval_batches, seed=cfg.seed,
         # no weight decay on adapters: it would pull B A towards zero, i.e. back to the base model
         weight_decay=0.1 if cfg.method == "full" else 0.0,
-        device=cfg.device, compile=cfg.compile, progress=cfg.progress, out_dir=cfg.out,
+        device=cfg.device, compile=cfg.compile, progress=cfg.progress, out=cfg.out,
         checkpoint_interval=cfg.eval_interval, trainable_only=cfg.method != "full", resume=cfg.resume,
         metrics_path=os.path.join(cfg.out, "metrics.jsonl"))
 
