@@ -8,6 +8,7 @@ browser): each file is parsed with `ast` and only its docstring is read.
 """
 
 import ast
+import functools
 import hashlib
 import io
 import os
@@ -66,6 +67,7 @@ def _first_statement(source):
     return source
 
 
+@functools.lru_cache(maxsize=2)  # about 3 s to read; the run's header and the base both ask for it
 def stdlib_corpus(max_chars=MAX_CHARS, root=None):
     """English text shipped with Python: pydoc topics, then module docstrings in sorted path order.
 
