@@ -19,7 +19,7 @@ from minigpt.finetune.pipeline import run_finetune
 from minigpt.finetune.report import format_report
 
 FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig unless the help gives it
-    ("method", str, "what trains: every weight, LoRA, or LoRA on an NF4 base"),
+    ("method", str, "full (every weight), lora, or qlora (LoRA on an NF4 base)"),
     ("base", str, "tiny, scratch, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a GPT-2 folder"),
     ("base_corpus", str, "text file to pretrain the tiny base on (default: the Python docs)"),
     ("base_preset", str, "GPTConfig preset of the tiny base"), ("base_steps", int, "pretraining steps of the tiny base"),
@@ -28,7 +28,7 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
     ("batch_size", int, "sequences per step"), ("block_size", int, "tokens per sequence (default: min(128, the base's))"),
     ("lr", float, f"peak learning rate (default: {DEFAULT_LR[METHODS[0]]:g} full, {DEFAULT_LR['lora']:g} LoRA and "
                   f"QLoRA, {SCRATCH_LR:g} from scratch)"),
-    ("device", str, "where to train"), ("out", str, "output folder (default: runs/finetune-<method>)"),
+    ("device", str, f"where to train: {', '.join(DEVICES)}"), ("out", str, "output folder (default: runs/finetune-<method>)"),
     ("seed", int, "seed of batches, LoRA init and samples"), ("eval_interval", int, "steps between evaluations"),
     ("eval_batches", int, "validation batches per evaluation"),
     ("data", str, "a text file to fine-tune on (default: tiny Shakespeare from $MINIGPT_DATA_DIR, the cache, "
@@ -40,7 +40,6 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
 
 METAVARS = {str: "NAME", int: "N", float: "X"}
 PATHS = {"base_corpus": "FILE", "data": "FILE", "out": "DIR", "cache_dir": "DIR", "prompt": "TEXT"}
-CHOICES = {"method": METHODS, "device": DEVICES}
 
 
 def build_parser():
@@ -50,8 +49,8 @@ def build_parser():
     for name, kind, help in FLAGS:
         default = getattr(d, name)
         shown = help if default is None or "(default:" in help else f"{help} (default: {default})"
-        how = dict(choices=CHOICES[name]) if name in CHOICES else dict(metavar=PATHS.get(name, METAVARS[kind]))
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=shown, **how)
+        metavar = PATHS.get(name, METAVARS[kind])  # choices are checked by validate: a one-line error naming them
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=shown, metavar=metavar)
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in --out")

@@ -2,7 +2,7 @@
 
     gpt2, gpt2-medium, ...   GPT-2's weights (minigpt.load_pretrained), GPT-2's BPE tokenizer
     a folder                 any GPT-2-layout folder (config.json + model.safetensors), GPT-2's BPE
-    tiny                     a byte-level MiniGPT pretrained on the Python docs (minigpt.corpus) or on
+    tiny                     a byte-level MiniGPT pretrained on the Python docs (minigpt.finetune.corpus) or on
                              a text file of yours, then cached: cache_dir()/bases/<key>/
     scratch                  the tiny architecture at its random initialisation (the no-pretraining baseline)
 
@@ -43,7 +43,7 @@ class BaseRecipe:
     batch_size: int = 16        # sequences per step, each of the preset's block_size bytes
     lr: float = 2e-3            # peak learning rate (warm-up, cosine decay to lr / 10)
     seed: int = 1337
-    corpus: str | None = None   # a text file; None = the Python docs (minigpt.corpus.stdlib_corpus)
+    corpus: str | None = None   # a text file; None = the Python docs (minigpt.finetune.corpus.stdlib_corpus)
 
 
 def is_gpt2(base):
