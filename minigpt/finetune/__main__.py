@@ -14,7 +14,7 @@ import sys
 from minigpt.device import DEVICES
 from minigpt.finetune.compare import run_compare
 from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
-from minigpt.finetune.estimate import describe_run, estimate
+from minigpt.finetune.estimate import describe_compare, describe_run, estimate, estimate_compare
 from minigpt.finetune.pipeline import run_finetune
 from minigpt.finetune.report import format_report
 
@@ -65,6 +65,7 @@ def main(argv=None):
     try:
         cfg = FinetuneConfig(**args)
         if compare:
+            print(describe_compare(cfg, estimate_compare(cfg)), flush=True)
             summary = run_compare(cfg)
             print(summary["table"])
             print(f"wrote {summary['markdown']} and {summary['plot']} in {summary['seconds']:.0f} s")
