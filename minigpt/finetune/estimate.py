@@ -11,6 +11,7 @@ Shape legend: b calibration batch, T block size, L n_layer.
 """
 
 import dataclasses
+import os
 import time
 
 import torch
@@ -104,8 +105,8 @@ def describe_run(cfg, times):
         cfg.base, f"the {cfg.base} base")
     if times["cached"] is False:
         base += f" (pretrained first, {cfg.base_steps} steps: about {_minutes(times['pretrain'])})"
-    device = pick_device(cfg.device)
-    return (f"fine-tuning ({method_label(cfg)}) {base} on tiny Shakespeare: {cfg.steps} steps of "
+    device, text = pick_device(cfg.device), "tiny Shakespeare" if cfg.data is None else os.path.basename(cfg.data)
+    return (f"fine-tuning ({method_label(cfg)}) {base} on {text}: {cfg.steps} steps of "
             f"{cfg.batch_size} x {cfg.block_size} tokens on {device.type}, {torch.get_num_threads()} threads; "
             f"expected about {_minutes(times['total'])} in all (an estimate from a few timed steps here)")
 
