@@ -12,7 +12,7 @@ import os
 import sys
 
 from minigpt.device import DEVICES
-from minigpt.finetune.compare import run_compare
+from minigpt.finetune.compare import compare_configs, run_compare
 from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
 from minigpt.finetune.estimate import describe_compare, describe_run, estimate, estimate_compare
 from minigpt.finetune.pipeline import run_finetune
@@ -65,7 +65,7 @@ def main(argv=None):
     try:
         cfg = FinetuneConfig(**args)
         if compare:
-            print(describe_compare(cfg, estimate_compare(cfg)), flush=True)
+            print(describe_compare(cfg, estimate_compare(compare_configs(cfg))), flush=True)
             summary = run_compare(cfg)
             print(summary["table"])
             print(f"wrote {summary['markdown']} and {summary['plot']} in {summary['seconds']:.0f} s")

@@ -18,7 +18,6 @@ import torch
 
 from minigpt.device import autocast, pick_device
 from minigpt.finetune.base_model import SCRATCH, TINY, base_config, is_cached, tiny_base_folder
-from minigpt.finetune.compare import RANKS, compare_configs
 from minigpt.finetune.config import method_label, recipe_of, validate
 from minigpt.finetune.pipeline import prepare_model
 from minigpt.model import GPT
@@ -111,16 +110,15 @@ def describe_run(cfg, times):
             f"expected about {_minutes(times['total'])} in all (an estimate from a few timed steps here)")
 
 
-def estimate_compare(cfg, ranks=RANKS):
-    """estimate() summed over the runs of --compare; the tiny base is pretrained once, by the first run."""
-    times = [estimate(c) for _, c in compare_configs(cfg, ranks)]
+def estimate_compare(runs):
+    """estimate() summed over `runs`, the [(name, cfg)] of compare_configs; the tiny base is pretrained once."""
+    times = [estimate(c) for _, c in runs]
     pretrain, finetune = max(t["pretrain"] for t in times), sum(t["finetune"] for t in times)
-    return {"pretrain": pretrain, "finetune": finetune, "total": pretrain + finetune, "runs": len(times)}
+    return {"pretrain": pretrain, "finetune": finetune, "total": pretrain + finetune, "runs": [name for name, _ in runs]}
 
 
-def describe_compare(cfg, times, ranks=RANKS):
+def describe_compare(cfg, times):
     """One line for --compare: the runs, where, on how many threads, and the estimate `times` (estimate_compare)."""
-    names = ", ".join(name for name, _ in compare_configs(cfg, ranks))
-    return (f"comparing {times['runs']} fine-tuning runs ({names}) of {cfg.steps} steps on "
+    return (f"comparing {len(times['runs'])} fine-tuning runs ({', '.join(times['runs'])}) of {cfg.steps} steps on "
             f"{pick_device(cfg.device).type}, {torch.get_num_threads()} threads; expected about "
             f"{_minutes(times['total'])} in all (an estimate from a few timed steps here)")

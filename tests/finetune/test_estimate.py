@@ -3,6 +3,7 @@
 import torch
 
 from minigpt.finetune import FinetuneConfig
+from minigpt.finetune.compare import compare_configs
 from minigpt.finetune.estimate import calibrate, describe_compare, describe_run, estimate, estimate_compare
 from minigpt.model import GPTConfig
 
@@ -40,8 +41,8 @@ def test_calibration_of_a_deep_model_extrapolates_from_two_blocks():
 
 def test_compare_header_pretrains_once_and_names_every_run(tmp_path):
     cfg = _cfg(tmp_path)
-    times = estimate_compare(cfg, ranks=(1, 2))
-    assert times["runs"] == 5 and times["total"] == times["pretrain"] + times["finetune"] > 0
-    line = describe_compare(cfg, times, ranks=(1, 2))
+    times = estimate_compare(compare_configs(cfg, ranks=(1, 2)))
+    assert len(times["runs"]) == 5 and times["total"] == times["pretrain"] + times["finetune"] > 0
+    line = describe_compare(cfg, times)
     assert "\n" not in line and "5 fine-tuning runs" in line and "lora-r2" in line and "lora-r64" not in line
     assert "scratch" in line and "threads" in line
