@@ -12,11 +12,12 @@ Shape legend:
 """
 
 import math
-import numbers
 import warnings
 
 import torch
 import torch.nn as nn
+
+from lora.checks import check_bool, check_float, check_int
 
 
 def lora_scaling(rank, alpha, use_rslora=False):
@@ -30,14 +31,10 @@ def lora_scaling(rank, alpha, use_rslora=False):
 
 def check_lora_hparams(rank, alpha, dropout, use_rslora=False):
     """Raise ValueError naming the first bad hyperparameter and what is allowed."""
-    if not isinstance(rank, numbers.Integral) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"rank={rank!r}: must be a positive integer")
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha={alpha!r}: must be a positive finite number")
-    if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout!r}: must be a number in [0, 1)")
-    if not isinstance(use_rslora, bool):
-        raise ValueError(f"use_rslora={use_rslora!r}: must be True or False")
+    check_int("rank", rank)
+    check_float("alpha", alpha)
+    check_float("dropout", dropout, 0.0, 1.0, low_open=False)
+    check_bool("use_rslora", use_rslora)
 
 
 def is_quantized_linear(module):

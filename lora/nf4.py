@@ -21,6 +21,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
+from lora.checks import check_int
 from lora.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize, num_dq_blocks
 
 DEFAULT_CHUNK = 2**22  # weights quantised per step: bounds the temporaries (about 16 bytes per weight)
@@ -73,7 +74,7 @@ def _table(name, device):
 
 def check_blocksize(blocksize):
     """Raise ValueError unless `blocksize` is a positive even integer (a block must end on a byte)."""
-    if not isinstance(blocksize, numbers.Integral) or isinstance(blocksize, bool) or blocksize <= 0 or blocksize % 2:
+    if check_int("blocksize", blocksize) % 2:
         raise ValueError(f"blocksize={blocksize!r}: must be a positive even integer, e.g. 64")
 
 
@@ -195,7 +196,7 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
     """
     check_blocksize(blocksize)
     _check_weight(weight)
-    if not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0 or chunk_size % blocksize:
+    if check_int("chunk_size", chunk_size) % blocksize:
         raise ValueError(f"chunk_size={chunk_size!r}: must be a positive multiple of blocksize={blocksize}")
     n = weight.numel()
     blocks = _as_blocks(weight.detach().reshape(-1), blocksize)  # (nb, bs), original dtype

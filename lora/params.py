@@ -5,8 +5,7 @@ count_parameters counts each tensor once even when it is shared (GPT-2 ties lm_h
 counts a quantized weight by its logical size, not by the bytes that store it.
 """
 
-import math
-
+from lora.checks import check_float
 from lora.layer import LoRALinear
 
 
@@ -55,10 +54,9 @@ def lora_plus_param_groups(model, lr, ratio=16, weight_decay=0.0):
     Raises:
         ValueError: a bad number, or a model without trainable LoRA parameters.
     """
-    for name, value, low in (("lr", lr, "> 0"), ("ratio", ratio, "> 0"), ("weight_decay", weight_decay, ">= 0")):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or value < 0 or (low == "> 0" and value == 0):
-            raise ValueError(f"{name}={value!r}: must be a finite number {low}")
+    check_float("lr", lr)
+    check_float("ratio", ratio)
+    check_float("weight_decay", weight_decay, low_open=False)
     b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear) and m.lora_B.requires_grad}
     if not b_ids:
         raise ValueError(f"{type(model).__name__} has no trainable LoRA parameters; call apply_lora first")

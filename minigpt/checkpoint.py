@@ -37,7 +37,7 @@ KEYS = ("format", "version", "step", "model", "trainable_only", "optimizer", "rn
 
 
 def checkpoint_path(path):
-    """`path` itself if it names a file, else path/ckpt.pt (a run's out_dir)."""
+    """`path` itself if it names a file, else path/ckpt.pt (a run's output folder)."""
     path = os.fspath(path)
     return path if path.endswith(".pt") else os.path.join(path, CKPT_NAME)
 
@@ -79,7 +79,7 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, train_config=None, r
     In a distributed run only rank 0 writes; the others return the path.
 
     Args:
-        path: file or out_dir.
+        path: file or a run's output folder.
         model: the bare model (not a DDP or compiled wrapper), so names carry no prefix.
         optimizer: its state is stored when given.
         step: optimizer steps completed.
@@ -220,7 +220,7 @@ def load_checkpoint(source, model, optimizer=None, *, train_config=None, free_fi
     """Validate a checkpoint fully, then load it into model (and optimizer, RNG states).
 
     Args:
-        source: file or out_dir, or a dict from read_checkpoint (saves reading the file twice).
+        source: file or a run's output folder, or a dict from read_checkpoint (saves reading the file twice).
         model: bare model to load into; its config must equal the checkpoint's.
         optimizer: loaded when given; its param groups must have the checkpoint's layout.
         train_config: when given, every field except `free_fields` must equal the checkpoint's.

@@ -13,6 +13,7 @@ import pathlib
 import torch
 
 # renamed: the `download` argument of tiny_shakespeare_path would shadow the function
+from lora.checks import check_float, check_int
 from minigpt.download import DownloadError, cache_dir, data_dir, sha256_file
 from minigpt.download import download as download_file
 
@@ -86,8 +87,7 @@ def split_train_val(ids, train_frac=0.9):
     Returns:
         (train, val): slices of `ids` (views for a tensor), lengths int(N * train_frac) and the rest.
     """
-    if not 0.0 < train_frac < 1.0:
-        raise ValueError(f"train_frac={train_frac!r}: must be in (0, 1)")
+    check_float("train_frac", train_frac, 0.0, 1.0)
     if not isinstance(ids, str) and not (isinstance(ids, torch.Tensor) and ids.dim() == 1):
         raise ValueError(f"split_train_val needs a str or a 1-D tensor of token ids, got {type(ids).__name__}")
     n = int(len(ids) * train_frac)
@@ -110,9 +110,8 @@ def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
     Raises:
         ValueError: non-positive sizes, or data too short for one window.
     """
-    for name, value in (("batch_size", batch_size), ("block_size", block_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name}={value!r}: must be a positive integer")
+    check_int("batch_size", batch_size)
+    check_int("block_size", block_size)
     if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.is_floating_point():
         raise ValueError("get_batch needs a 1-D integer tensor of token ids")
     if len(data) <= block_size:

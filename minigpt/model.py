@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lora.checks import check_float, check_int
+
 
 @dataclass
 class GPTConfig:
@@ -31,13 +33,10 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name}={value!r}: must be a positive integer")
+            check_int(f"GPTConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout={self.dropout!r}: must be in [0, 1)")
+        check_float("GPTConfig.dropout", self.dropout, 0.0, 1.0, low_open=False)
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -196,12 +195,10 @@ class GPT(nn.Module):
         torch.Generator (on idx's device) for a reproducible sample. The model is put in eval mode
         for the call and returned to its previous mode afterwards.
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a non-negative integer")
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature!r}: must be >= 0 (0 means greedy)")
-        if top_k is not None and (not isinstance(top_k, int) or top_k <= 0):
-            raise ValueError(f"top_k={top_k!r}: must be None or a positive integer")
+        check_int("max_new_tokens", max_new_tokens, least=0)
+        check_float("temperature", temperature, low_open=False)  # 0 means greedy
+        if top_k is not None:
+            check_int("top_k", top_k)
         was_training = self.training
         self.eval()
         try:

@@ -2,7 +2,7 @@
 
 Kept apart from the training loop so a notebook or a benchmark can build the same optimizer and
 learning rate as `minigpt.trainer.train` without running it. `cfg` is a TrainConfig (or anything with
-its fields: lr, min_lr, warmup_iters, lr_decay_iters, max_iters, weight_decay, beta1, beta2).
+its fields: lr, min_lr, warmup_steps, lr_decay_steps, steps, weight_decay, beta1, beta2).
 """
 
 import math
@@ -17,11 +17,11 @@ def lr_at(step, cfg):
         step >= D:   min_lr
         otherwise:   min_lr + 0.5 * (1 + cos(pi * (step - W) / (D - W))) * (lr - min_lr)
 
-    with W = warmup_iters and D = lr_decay_iters (or max_iters). Warm-up then cosine as in GPT-3
+    with W = warmup_steps and D = lr_decay_steps (or steps). Warm-up then cosine as in GPT-3
     (Brown et al., 2020, appendix B.1), the cosine from SGDR (Loshchilov & Hutter, 2017); the formula is
     nanoGPT's get_lr. Step W gets exactly lr, step (W + D) / 2 gets (lr + min_lr) / 2.
     """
-    warmup, decay = cfg.warmup_iters, cfg.lr_decay_iters or cfg.max_iters
+    warmup, decay = cfg.warmup_steps, cfg.lr_decay_steps or cfg.steps
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
     if step >= decay:

@@ -1,39 +1,22 @@
-"""Sample text from a trained MiniGPT checkpoint.
+"""Sample text from anything a run writes: a training checkpoint, a fine-tune run folder, an adapter, GPT-2.
 
-    python -m minigpt.sample --ckpt out-shakespeare-char --prompt "ROMEO:" --max-new-tokens 500 \
-        --temperature 0.8 --top-k 200 --seed 1337
+    python -m minigpt.sample out-shakespeare-char --prompt "ROMEO:" --max-new-tokens 500 --seed 1337
+    python -m minigpt.sample runs/finetune-lora                  # the merged model, or base + adapter/
+    python -m minigpt.sample runs/finetune-lora/adapter --base gpt2   # a PEFT adapter on its base
+    python -m minigpt.sample gpt2 --prompt "Hello"               # a GPT-2 name or GPT-2-layout folder
 
-The checkpoint (written by minigpt.train) carries the model config and, in its `extra`, the tokenizer
-description, so nothing else is needed. Sampling draws from a seeded torch.Generator: the same
-checkpoint, prompt, settings and seed give the same text.
+minigpt.sources finds the model and its tokenizer from what the source holds. Sampling draws from a
+seeded torch.Generator: the same model, prompt, settings and seed give the same text.
 """
 
 import argparse
 
 import torch
 
-from minigpt.checkpoint import load_checkpoint, read_checkpoint
 from minigpt.device import DEVICES, autocast, pick_device
-from minigpt.model import GPT, GPTConfig
-from minigpt.tokenizer import tokenizer_from_dict
+from minigpt.sources import KINDS, load_model
 
-
-def load_model(ckpt, device="cpu"):
-    """Rebuild (model in eval mode, tokenizer) from a checkpoint file or run folder.
-
-    Raises:
-        FileNotFoundError: no checkpoint there.
-        ValueError: unreadable checkpoint, one holding only trainable parameters (its base model is not
-            in the file), or one without a model config or tokenizer description.
-    """
-    data = read_checkpoint(ckpt)
-    if data["trainable_only"]:
-        raise ValueError(f"{ckpt}: holds only the trainable parameters; load its base model, then load_checkpoint")
-    if not data["model_config"] or "tokenizer" not in data["extra"]:
-        raise ValueError(f"{ckpt}: no model config or tokenizer description to rebuild the model from")
-    model = GPT(GPTConfig(**data["model_config"]))
-    load_checkpoint(data, model)
-    return model.to(device).eval(), tokenizer_from_dict(data["extra"]["tokenizer"])
+__all__ = ["load_model", "sample", "main"]
 
 
 def sample(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=1337, num_samples=1):
@@ -58,21 +41,31 @@ def sample(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top_k=None
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m minigpt.sample", description="Sample from a MiniGPT checkpoint.")
-    p.add_argument("--ckpt", required=True, help="run folder holding ckpt.pt, or the .pt file")
+    p = argparse.ArgumentParser(prog="python -m minigpt.sample", description="Sample text from a trained model.",
+                                epilog="SOURCE is " + "; ".join(KINDS) + ".")
+    p.add_argument("source", nargs="?", metavar="SOURCE", help="what to sample from (see below)")
+    p.add_argument("--ckpt", dest="ckpt", metavar="SOURCE", help="the same as SOURCE (kept for older scripts)")
+    p.add_argument("--base", metavar="SOURCE", help="an adapter's base (default: the adapter's base_model_name_or_path)")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; < 1 sharper, > 1 flatter")
-    p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens; 0 = all")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="tokens to sample (default: 500)")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="X",
+                   help="0 = greedy; < 1 sharper, > 1 flatter (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=200, metavar="K", help="keep the k most likely tokens; 0 = all (default: 200)")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples, one generator for all (default: 1)")
+    p.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the sampling generator (default: 1337)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    model, tokenizer = load_model(args.ckpt, pick_device(args.device))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.source is None) == (args.ckpt is None):
+        parser.error("give one SOURCE to sample from")
+    try:
+        model, tokenizer = load_model(args.source or args.ckpt, base=args.base, device=pick_device(args.device))
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"error: {e}\n")
     texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
     print("\n---------------\n".join(texts))

@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 2 -m minigpt.train ...      # DistributedDataParallel: gloo on CPU, nccl on CUDA
 
 The flags use the vocabulary of every minigpt command: --data is a text file, --steps counts
-optimizer steps, --eval-batches validation batches, --out the output folder. Every other
-TrainConfig field is a flag of the same name (--batch-size, --lr, --warmup-iters, ...); --n-layer,
---n-head, --n-embd, --dropout, --bias and --block-size override the preset's model.
+optimizer steps, --eval-batches validation batches, --out the output folder, and --device, --seed
+and --no-progress mean the same everywhere. The other flags are TrainConfig fields of the same
+name (--batch-size, --lr, --warmup-steps, ...); --n-layer, --n-head, --n-embd, --dropout, --bias
+and --block-size override the preset's model.
 """
 
 import argparse
@@ -20,14 +21,29 @@ import torch.distributed as dist
 
 from minigpt.checkpoint import rank_world
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
+from minigpt.device import DEVICES
 from minigpt.model import GPT, PRESETS, GPTConfig
 from minigpt.tokenizer import get_tokenizer
 from minigpt.trainer import TrainConfig, train
 
 TOKENIZERS = ("char", "byte", "gpt2")
 MODEL_FLAGS = {"n_layer": int, "n_head": int, "n_embd": int, "dropout": float, "bias": bool}
-# TrainConfig keeps nanoGPT's field names; the command line speaks the project's common vocabulary
-FLAG_NAMES = {"max_iters": "steps", "eval_iters": "eval_batches", "out_dir": "out"}
+TRAIN_FLAGS = (  # (TrainConfig field, metavar, help); the default is read from TrainConfig
+    ("steps", "N", "optimizer steps"), ("batch_size", "N", "sequences per micro-step, summed over all processes"),
+    ("block_size", "N", "tokens per sequence (default: the preset's)"),
+    ("grad_accum_steps", "N", "micro-batches per optimizer step"), ("lr", "LR", "peak learning rate"),
+    ("min_lr", "LR", "floor of the cosine decay"), ("warmup_steps", "N", "linear warm-up steps"),
+    ("lr_decay_steps", "N", "step where the cosine reaches min-lr (default: --steps)"),
+    ("weight_decay", "X", "AdamW weight decay, on matrices only"), ("beta1", "X", "AdamW beta1"),
+    ("beta2", "X", "AdamW beta2"), ("grad_clip", "X", "max gradient norm; 0 = no clipping"),
+    ("eval_interval", "N", "steps between evaluations; 0 = at the end only"),
+    ("eval_batches", "N", "validation batches per evaluation"), ("seed", "N", "seed of weights, batches and dropout"),
+    ("out", "DIR", "output folder of ckpt.pt (default: out-<text>-<tokenizer>, e.g. out-shakespeare-char)"),
+    ("checkpoint_interval", "N", "also checkpoint every N steps; 0 = at the end only"),
+    ("metrics_path", "FILE", "JSON lines, one per step (default: none)"),
+)
+SWITCHES = (("compile", "torch.compile the model"), ("resume", "continue from --out's ckpt.pt when it exists"),
+            ("gradient_checkpointing", "recompute activations in backward: less memory, more time"))
 
 
 def _flag_type(f):
@@ -38,20 +54,25 @@ def _flag_type(f):
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m minigpt.train", description="Train MiniGPT from scratch.")
     p.add_argument("--preset", default="cpu-char", choices=sorted(PRESETS), help="model preset (default: cpu-char)")
-    p.add_argument("--data", help="a text file to train on (default: tiny Shakespeare)")
+    p.add_argument("--data", metavar="FILE", help="a text file to train on (default: tiny Shakespeare)")
     p.add_argument("--tokenizer", default="char", choices=TOKENIZERS,
                    help="char: the text's characters (nanoGPT's shakespeare_char); byte: 256 bytes; gpt2: GPT-2's BPE "
                         "(default: char)")
     for name, kind in MODEL_FLAGS.items():
-        how = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
+        how = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind, metavar="N" if kind is int else "X")
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
                        help="model override (default: the preset's)", **how)
-    for f in fields(TrainConfig):
-        kind, flag = _flag_type(f), FLAG_NAMES.get(f.name, f.name)
-        default = "out-<text>-<tokenizer>, e.g. out-shakespeare-char" if f.name == "out_dir" else f.default
-        how = dict(action=argparse.BooleanOptionalAction) if kind is bool else dict(type=kind)
-        p.add_argument("--" + flag.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                       help=f"(default: {default})", **how)
+    defaults = {f.name: f for f in fields(TrainConfig)}
+    for name, metavar, help in TRAIN_FLAGS:
+        f = defaults[name]
+        shown = help if "(default:" in help else f"{help} (default: {f.default})"
+        p.add_argument("--" + name.replace("_", "-"), type=_flag_type(f), metavar=metavar, default=argparse.SUPPRESS,
+                       help=shown)
+    p.add_argument("--device", choices=DEVICES, default=argparse.SUPPRESS, help="where to train (default: auto)")
+    for name, help in SWITCHES:
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", default=argparse.SUPPRESS, help=help)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="hide the progress bar (shown by default)")
     return p
 
 
@@ -60,9 +81,10 @@ def main(argv=None):
     args = vars(parser.parse_args(argv))
     model_kw = {k: args[k] for k in (*MODEL_FLAGS, "block_size") if k in args}
     text_name = pathlib.Path(args["data"]).stem if args["data"] else "shakespeare"
-    args.setdefault("out_dir", f"out-{text_name}-{args['tokenizer']}")
+    args.setdefault("out", f"out-{text_name}-{args['tokenizer']}")
     try:
-        cfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
+        cfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args},
+                          progress_desc=f"training {args['preset']} on {text_name}")
     except ValueError as e:
         parser.error(str(e))
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()  # under torchrun
@@ -82,7 +104,7 @@ def main(argv=None):
               f"({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size})")
     result = train(model, train_ids, val_ids, cfg, extra={"tokenizer": tokenizer.to_dict(), "data": args["data"]})
     if rank_world()[0] == 0:
-        print(f"step {cfg.max_iters}: val loss {result.final_val_loss:.4f}; {result.wall_time:.1f} s in all, "
+        print(f"step {cfg.steps}: val loss {result.final_val_loss:.4f}; {result.wall_time:.1f} s in all, "
               f"{result.step_time_ms:.1f} ms/step, {result.tokens_per_sec:,.0f} tokens/s; "
               f"checkpoint {result.checkpoint_path}")
     if started:

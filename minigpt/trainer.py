@@ -23,58 +23,61 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from lora.checks import check_bool, check_choice, check_float, check_int
 from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_checkpoint, rank_world, save_checkpoint
 from minigpt.data import get_batch
 from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
 from minigpt.optim import configure_optimizer, lr_at
 
 # fields that may change when a run is resumed without changing its losses
-RESUME_FREE_FIELDS = ("max_iters", "resume", "out_dir", "checkpoint_interval", "metrics_path", "progress",
-                      "eval_interval", "eval_iters", "compile", "device", "gradient_checkpointing")
+RESUME_FREE_FIELDS = ("steps", "resume", "out", "checkpoint_interval", "metrics_path", "progress", "progress_desc",
+                      "eval_interval", "eval_batches", "compile", "device", "gradient_checkpointing")
+OPTIONAL_SIZES = ("block_size", "lr_decay_steps")  # positive integers, or None for the default
+POSITIVE = ("batch_size", "grad_accum_steps", "eval_batches", *OPTIONAL_SIZES)  # the other int fields may be 0
 
 
 @dataclass
 class TrainConfig:
-    # defaults: nanoGPT's config/train_shakespeare_char.py with its README's CPU overrides
-    max_iters: int = 2000             # optimizer steps in all; a resumed run continues up to this
-    batch_size: int = 12              # sequences per micro-step, summed over all processes
-    block_size: int | None = None     # tokens per sequence; None = the model's block_size
-    grad_accum_steps: int = 1         # micro-batches whose gradients add up to one optimizer step
-    lr: float = 1e-3                  # peak learning rate, reached at the end of warm-up
-    min_lr: float = 1e-4              # floor of the cosine decay
-    warmup_iters: int = 100           # linear warm-up steps
-    lr_decay_iters: int | None = None  # step where the cosine reaches min_lr; None = max_iters
-    weight_decay: float = 0.1         # AdamW's decoupled decay, on matrices (dim >= 2) only
+    # defaults: nanoGPT's config/train_shakespeare_char.py with its README's CPU overrides; the names
+    # speak the project's vocabulary (nanoGPT's max_iters, eval_iters, warmup_iters are steps, eval_batches, warmup_steps)
+    steps: int = 2000                  # optimizer steps in all; a resumed run continues up to this
+    batch_size: int = 12               # sequences per micro-step, summed over all processes
+    block_size: int | None = None      # tokens per sequence; None = the model's block_size
+    grad_accum_steps: int = 1          # micro-batches whose gradients add up to one optimizer step
+    lr: float = 1e-3                   # peak learning rate, reached at the end of warm-up
+    min_lr: float = 1e-4               # floor of the cosine decay
+    warmup_steps: int = 100            # linear warm-up steps
+    lr_decay_steps: int | None = None  # step where the cosine reaches min_lr; None = steps
+    weight_decay: float = 0.1          # AdamW's decoupled decay, on matrices (dim >= 2) only
     beta1: float = 0.9
-    beta2: float = 0.99               # nanoGPT's choice for few tokens per step (GPT-3 used 0.95)
-    grad_clip: float = 1.0            # max global gradient norm; 0 turns clipping off
-    eval_interval: int = 250          # evaluate at step 0, every this many steps and at the end; 0 = end only
-    eval_iters: int = 20              # validation batches per evaluation
-    seed: int = 1337                  # batches, eval batches, dropout (seed + rank)
-    device: str = "auto"              # see minigpt.device.pick_device
-    compile: bool = False             # torch.compile the model
+    beta2: float = 0.99                # nanoGPT's choice for few tokens per step (GPT-3 used 0.95)
+    grad_clip: float = 1.0             # max global gradient norm; 0 turns clipping off
+    eval_interval: int = 250           # evaluate at step 0, every this many steps and at the end; 0 = end only
+    eval_batches: int = 20             # validation batches per evaluation
+    seed: int = 1337                   # batches, eval batches, dropout (seed + rank)
+    device: str = "auto"               # see minigpt.device.pick_device
+    compile: bool = False              # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, more time
-    progress: bool = True             # tqdm bar on rank 0
-    out_dir: str | None = None        # folder of ckpt.pt; None = no checkpoint
-    checkpoint_interval: int = 0      # also checkpoint every this many steps; 0 = only at the end
-    trainable_only: bool = False      # checkpoint only the parameters with requires_grad (LoRA)
-    resume: bool = False              # continue from out_dir/ckpt.pt when it exists
-    metrics_path: str | None = None   # JSON lines, one per step
+    progress: bool = True              # tqdm bar on rank 0
+    progress_desc: str = "training"    # the bar's label, e.g. "fine-tuning (lora r=8)"
+    out: str | None = None             # folder of ckpt.pt; None = no checkpoint
+    checkpoint_interval: int = 0       # also checkpoint every this many steps; 0 = only at the end
+    trainable_only: bool = False       # checkpoint only the parameters with requires_grad (LoRA)
+    resume: bool = False               # continue from out/ckpt.pt when it exists
+    metrics_path: str | None = None    # JSON lines, one per step
 
     def __post_init__(self):
-        optional = ("block_size", "lr_decay_iters")
-        positive = ("batch_size", "grad_accum_steps", "eval_iters", *optional)
         for f in fields(self):
-            value, least = getattr(self, f.name), int(f.name in positive)
-            if f.type is int or f.name in optional and value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                    raise ValueError(f"TrainConfig.{f.name}={value!r}: must be an integer >= {least}")
+            value = getattr(self, f.name)
+            if f.type is int or f.name in OPTIONAL_SIZES and value is not None:
+                check_int(f"TrainConfig.{f.name}", value, least=int(f.name in POSITIVE))
+            elif f.type is bool:
+                check_bool(f"TrainConfig.{f.name}", value)
         # AdamW itself rejects betas outside [0, 1) and a negative weight_decay with a ValueError
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr and self.grad_clip >= 0):
-            raise ValueError(f"TrainConfig lr={self.lr!r}, min_lr={self.min_lr!r}, grad_clip={self.grad_clip!r}: "
-                             "need lr > 0, 0 <= min_lr <= lr and grad_clip >= 0")
-        if self.device not in DEVICES:
-            raise ValueError(f"TrainConfig.device={self.device!r}: choose one of {list(DEVICES)}")
+        check_float("TrainConfig.lr", self.lr)
+        check_float("TrainConfig.min_lr", self.min_lr, 0.0, self.lr, low_open=False, high_open=False)
+        check_float("TrainConfig.grad_clip", self.grad_clip, low_open=False)
+        check_choice("TrainConfig.device", self.device, DEVICES)
 
 
 @dataclass
@@ -93,11 +96,11 @@ class TrainResult:
 
 @torch.no_grad()
 def estimate_loss(model, data, cfg):
-    """Mean loss over cfg.eval_iters batches of cfg.batch_size windows of `data`.
+    """Mean loss over cfg.eval_batches batches of cfg.batch_size windows of `data`.
 
     The batches come from a fresh generator seeded with cfg.seed, so every evaluation sees the same
     windows and evaluations compare. The model runs in eval mode, then gets its previous mode back.
-    `cfg` is a TrainConfig or anything with batch_size, block_size, eval_iters and seed.
+    `cfg` is a TrainConfig or anything with batch_size, block_size, eval_batches and seed.
     """
     raw = getattr(model, "_orig_mod", model)  # a compiled model keeps the module here
     block = cfg.block_size or raw.config.block_size
@@ -107,17 +110,17 @@ def estimate_loss(model, data, cfg):
     model.eval()
     try:
         total = 0.0
-        for _ in range(cfg.eval_iters):
+        for _ in range(cfg.eval_batches):
             x, y = get_batch(data, cfg.batch_size, block, generator=generator, device=device)
             with autocast(device):
                 total += model(x, y)[1].item()
     finally:
         model.train(was_training)
-    return total / cfg.eval_iters
+    return total / cfg.eval_batches
 
 
 def _resolve(cfg, model, world):
-    """cfg with block_size and lr_decay_iters filled in, after the checks that need the model."""
+    """cfg with block_size and lr_decay_steps filled in, after the checks that need the model."""
     model_block = getattr(getattr(model, "config", None), "block_size", None)
     block = cfg.block_size or model_block
     if block is None:
@@ -126,7 +129,7 @@ def _resolve(cfg, model, world):
         raise ValueError(f"TrainConfig.block_size={block} exceeds the model's block_size {model_block}")
     if cfg.batch_size % world:
         raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is not divisible by the {world} processes")
-    return replace(cfg, block_size=block, lr_decay_iters=cfg.lr_decay_iters or cfg.max_iters)
+    return replace(cfg, block_size=block, lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
 
 
 def _optimizer_step(fwd, optimizer, data, generator, cfg, device):
@@ -172,8 +175,8 @@ class _Run:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         torch.manual_seed(cfg.seed + rank)  # dropout: reproducible, and different on each process
         self.history, self.start = {"train_losses": [], "val_losses": [], "tokens_seen": 0}, 0  # or the checkpoint's
-        if cfg.resume and cfg.out_dir and os.path.isfile(checkpoint_path(cfg.out_dir)):
-            ckpt = load_checkpoint(cfg.out_dir, model, self.optimizer, train_config=cfg, free_fields=RESUME_FREE_FIELDS,
+        if cfg.resume and cfg.out and os.path.isfile(checkpoint_path(cfg.out)):
+            ckpt = load_checkpoint(cfg.out, model, self.optimizer, train_config=cfg, free_fields=RESUME_FREE_FIELDS,
                                    generator=self.generator, rank=rank, world_size=world)
             self.history, self.start = ckpt["history"], ckpt["step"]
         # evaluation runs the compiled model without DDP: no gradients, nothing to synchronise
@@ -186,7 +189,8 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.was_training = model.training
         model.train()
-        self.bar = tqdm(total=cfg.max_iters, initial=self.start, disable=not (cfg.progress and rank == 0), unit="step")
+        self.bar = tqdm(total=cfg.steps, initial=self.start, disable=not (cfg.progress and rank == 0), unit="step",
+                        desc=cfg.progress_desc)
         self.callback, self.log = (callback if rank == 0 else None), None
         if rank == 0 and cfg.metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.metrics_path)), exist_ok=True)
@@ -205,7 +209,7 @@ class _Run:
         self.history["train_losses"].append(loss)
         self.history["tokens_seen"] += tokens
         metrics = {"step": step + 1, "loss": loss, "lr": lr, "tokens_per_sec": tokens / dt}
-        if val_data is not None and (step + 1 == cfg.max_iters or cfg.eval_interval and (step + 1) % cfg.eval_interval == 0):
+        if val_data is not None and (step + 1 == cfg.steps or cfg.eval_interval and (step + 1) % cfg.eval_interval == 0):
             self.evaluate(val_data, metrics)
         self.emit(metrics)
         self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens / dt:,.0f}", refresh=False)
@@ -226,7 +230,7 @@ class _Run:
 
     def save(self, step):
         # every process calls this (the RNG states are gathered); only rank 0 writes
-        return save_checkpoint(self.cfg.out_dir, self.model, self.optimizer, step=step, train_config=self.cfg,
+        return save_checkpoint(self.cfg.out, self.model, self.optimizer, step=step, train_config=self.cfg,
                                rng=capture_rng(self.generator), history=self.history, extra=self.extra,
                                trainable_only=self.cfg.trainable_only)
 
@@ -237,7 +241,7 @@ class _Run:
         self.model.train(self.was_training)
 
     def result(self, path):
-        cfg, steps, val = self.cfg, self.cfg.max_iters - self.start, [tuple(v) for v in self.history["val_losses"]]
+        cfg, steps, val = self.cfg, self.cfg.steps - self.start, [tuple(v) for v in self.history["val_losses"]]
         tokens = steps * cfg.batch_size * cfg.grad_accum_steps * cfg.block_size
         return TrainResult(
             train_losses=list(self.history["train_losses"]), val_losses=val, final_val_loss=val[-1][1] if val else None,
@@ -250,7 +254,7 @@ class _Run:
 
 
 def train(model, train_data, val_data, cfg, param_groups=None, callback=None, extra=None):
-    """Train `model` on the token ids `train_data` up to cfg.max_iters optimizer steps.
+    """Train `model` on the token ids `train_data` up to cfg.steps optimizer steps.
 
     Works in scripts, notebooks, tests and under torchrun (a process group makes it use DistributedDataParallel;
     only rank 0 writes files, shows progress, calls `callback`). Seeds torch's RNG with cfg.seed + rank (dropout).
@@ -273,12 +277,12 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
     try:
         if run.start == 0 and cfg.eval_interval and val_data is not None:
             run.emit(run.evaluate(val_data, {"step": 0}))
-        for step in range(run.start, cfg.max_iters):
+        for step in range(run.start, cfg.steps):
             run.step(step, train_data, val_data)
-            if cfg.out_dir and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0 \
-                    and step + 1 < cfg.max_iters:  # the last one is written below
+            if cfg.out and cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0 \
+                    and step + 1 < cfg.steps:  # the last one is written below
                 run.save(step + 1)
-        path = run.save(max(run.start, cfg.max_iters)) if cfg.out_dir else None
+        path = run.save(max(run.start, cfg.steps)) if cfg.out else None
     finally:
         run.close()
     return run.result(path)

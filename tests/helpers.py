@@ -8,7 +8,7 @@ from minigpt.model import GPT, GPTConfig
 
 V = 64  # the "test" preset's vocabulary
 # settings for training runs of a few steps on tiny_gpt() and corpus()
-FAST = dict(batch_size=4, block_size=16, eval_iters=2, warmup_iters=2, lr=1e-2, min_lr=1e-3, progress=False)
+FAST = dict(batch_size=4, block_size=16, eval_batches=2, warmup_steps=2, lr=1e-2, min_lr=1e-3, progress=False)
 
 
 def corpus(n=3000):

@@ -14,21 +14,21 @@ from minigpt.trainer import TrainConfig, train
 @pytest.fixture
 def saved(tmp_path):
     """A checkpoint of a tiny run (2 steps, so the optimizer has state) and the config that wrote it."""
-    cfg = TrainConfig(max_iters=2, eval_interval=0, out_dir=str(tmp_path / "run"), **FAST)
+    cfg = TrainConfig(steps=2, eval_interval=0, out=str(tmp_path / "run"), **FAST)
     train(tiny_gpt(), corpus(), None, cfg, extra={"note": "hello"})
     return tmp_path / "run" / "ckpt.pt", cfg
 
 
 def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path):
-    # dropout on, so the restored RNG state matters too; lr_decay_iters fixed, so both halves share one schedule
-    common = dict(lr_decay_iters=8, eval_interval=0, grad_accum_steps=2, **FAST)
+    # dropout on, so the restored RNG state matters too; lr_decay_steps fixed, so both halves share one schedule
+    common = dict(lr_decay_steps=8, eval_interval=0, grad_accum_steps=2, **FAST)
     straight_model = tiny_gpt(dropout=0.1)
-    straight = train(straight_model, corpus(), None, TrainConfig(max_iters=8, out_dir=str(tmp_path / "a"), **common))
-    first = train(tiny_gpt(dropout=0.1), corpus(), None, TrainConfig(max_iters=4, out_dir=str(tmp_path / "b"), **common))
+    straight = train(straight_model, corpus(), None, TrainConfig(steps=8, out=str(tmp_path / "a"), **common))
+    first = train(tiny_gpt(dropout=0.1), corpus(), None, TrainConfig(steps=4, out=str(tmp_path / "b"), **common))
     torch.manual_seed(12345)  # scramble the global RNG: the checkpoint must bring its own state back
     resumed_model = tiny_gpt(seed=99, dropout=0.1)  # other initial weights: they must come from the checkpoint
     resumed = train(resumed_model, corpus(), None,
-                    TrainConfig(max_iters=8, out_dir=str(tmp_path / "b"), resume=True, **common))
+                    TrainConfig(steps=8, out=str(tmp_path / "b"), resume=True, **common))
     assert len(first.train_losses) == 4
     assert resumed.train_losses == straight.train_losses  # exact float equality, all 8 steps
     assert resumed.tokens_seen == straight.tokens_seen
@@ -37,7 +37,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path):
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
-    cfg = TrainConfig(max_iters=2, eval_interval=0, out_dir=str(tmp_path / "new"), resume=True, **FAST)
+    cfg = TrainConfig(steps=2, eval_interval=0, out=str(tmp_path / "new"), resume=True, **FAST)
     res = train(tiny_gpt(), corpus(), None, cfg)
     assert len(res.train_losses) == 2 and os.path.isfile(res.checkpoint_path)
 
@@ -91,7 +91,7 @@ def test_resume_with_another_train_config_raises_and_changes_nothing(saved):
     path, cfg = saved
     model = tiny_gpt(seed=1)
     before = snapshot(model)
-    other = TrainConfig(**{**FAST, "lr": 2e-2}, max_iters=4, eval_interval=0, out_dir=cfg.out_dir, resume=True)
+    other = TrainConfig(**{**FAST, "lr": 2e-2}, steps=4, eval_interval=0, out=cfg.out, resume=True)
     with pytest.raises(ValueError, match="lr: checkpoint 0.01, here 0.02"):
         train(model, corpus(), None, other)
     assert_unchanged(model, before)

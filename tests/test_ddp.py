@@ -13,8 +13,8 @@ from minigpt.trainer import TrainConfig, train
 
 V, WORLD = 64, 2
 # global micro-batch 4 (2 per process), 2 micro-steps per optimizer step
-CFG = dict(max_iters=4, batch_size=4, grad_accum_steps=2, block_size=16, eval_interval=0, eval_iters=2,
-           warmup_iters=1, lr=1e-2, min_lr=1e-3, progress=False)
+CFG = dict(steps=4, batch_size=4, grad_accum_steps=2, block_size=16, eval_interval=0, eval_batches=2,
+           warmup_steps=1, lr=1e-2, min_lr=1e-3, progress=False)
 
 
 def corpus(n=3000):
@@ -32,7 +32,7 @@ def _worker(rank, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         model = tiny_gpt()
-        cfg = TrainConfig(out_dir=str(out_dir / "run"), metrics_path=str(out_dir / "metrics.jsonl"), **CFG)
+        cfg = TrainConfig(out=str(out_dir / "run"), metrics_path=str(out_dir / "metrics.jsonl"), **CFG)
         res = train(model, corpus(), corpus(), cfg)
         torch.save({"state": model.state_dict(), "losses": res.train_losses, "val": res.final_val_loss},
                    out_dir / f"rank{rank}.pt")

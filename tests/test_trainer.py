@@ -28,7 +28,7 @@ class Bigram(nn.Module):
 
 
 def test_lr_schedule_hand_values():
-    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=9, lr_decay_iters=109, max_iters=200)
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=9, lr_decay_steps=109, steps=200)
     assert lr_at(0, cfg) == pytest.approx(0.1)     # warm-up start: lr * 1 / (W + 1)
     assert lr_at(8, cfg) == pytest.approx(0.9)     # last warm-up step: lr * 9 / 10
     assert lr_at(9, cfg) == pytest.approx(1.0)     # warm-up end: the peak
@@ -39,8 +39,8 @@ def test_lr_schedule_hand_values():
     assert all(a > b for a, b in itertools.pairwise(decay))
 
 
-def test_lr_decay_ends_at_max_iters_by_default():
-    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=0, max_iters=20)
+def test_lr_decay_ends_at_the_last_step_by_default():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=0, steps=20)
     assert lr_at(0, cfg) == pytest.approx(1.0)
     assert lr_at(19, cfg) > 0.1
     assert lr_at(20, cfg) == pytest.approx(0.1)
@@ -71,8 +71,8 @@ def test_grad_accumulation_equals_one_big_batch():
         torch.manual_seed(0)
         model = Bigram()
         start = [p.detach().clone() for p in model.parameters()]
-        cfg = TrainConfig(max_iters=3, batch_size=batch_size, grad_accum_steps=accum, block_size=8, lr=0.1,
-                          warmup_iters=0, grad_clip=0.5, eval_interval=0, progress=False)
+        cfg = TrainConfig(steps=3, batch_size=batch_size, grad_accum_steps=accum, block_size=8, lr=0.1,
+                          warmup_steps=0, grad_clip=0.5, eval_interval=0, progress=False)
         res = train(model, data, None, cfg)
         results.append((res.train_losses, [p.detach() for p in model.parameters()]))
         assert not any(torch.equal(a, b) for a, b in zip(start, results[-1][1], strict=True))  # it did train
@@ -84,7 +84,7 @@ def test_grad_accumulation_equals_one_big_batch():
 
 def test_short_run_lowers_loss():
     data = corpus()
-    res = train(tiny_gpt(), data[:2500], data[2500:], TrainConfig(max_iters=60, eval_interval=30, **FAST))
+    res = train(tiny_gpt(), data[:2500], data[2500:], TrainConfig(steps=60, eval_interval=30, **FAST))
     (step0, initial), *_, (last, final) = res.val_losses
     assert step0 == 0 and last == 60
     assert initial == pytest.approx(math.log(V), abs=0.2)  # an untrained model is uniform over the vocabulary
@@ -94,7 +94,7 @@ def test_short_run_lowers_loss():
 
 def test_runs_are_reproducible_on_cpu():
     data = corpus()
-    cfg = TrainConfig(max_iters=5, eval_interval=0, **FAST)
+    cfg = TrainConfig(steps=5, eval_interval=0, **FAST)
     a = train(tiny_gpt(dropout=0.1), data, None, cfg)
     b = train(tiny_gpt(dropout=0.1), data, None, cfg)
     assert a.train_losses == b.train_losses
@@ -105,7 +105,7 @@ def test_frozen_params_untouched_by_train():
     for name, p in model.named_parameters():
         p.requires_grad = name.startswith("transformer.h.1.")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    res = train(model, corpus(), None, TrainConfig(max_iters=3, eval_interval=0, weight_decay=0.1, **FAST))
+    res = train(model, corpus(), None, TrainConfig(steps=3, eval_interval=0, weight_decay=0.1, **FAST))
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]) != p.requires_grad, n  # frozen: identical; trainable: changed
     # AdamW keeps exp_avg and exp_avg_sq (float32) plus a float32 step count per trainable tensor
@@ -119,7 +119,7 @@ def test_caller_param_groups_replace_the_default():
     rest = [p for n, p in model.named_parameters() if not n.startswith("transformer.h.0.")]
     before = [p.detach().clone() for p in frozen_by_lr]
     groups = [{"params": frozen_by_lr, "lr": 0.0}, {"params": rest}]  # lr 0 also cancels decoupled decay
-    train(model, corpus(), None, TrainConfig(max_iters=2, eval_interval=0, **FAST), param_groups=groups)
+    train(model, corpus(), None, TrainConfig(steps=2, eval_interval=0, **FAST), param_groups=groups)
     assert all(torch.equal(p, b) for p, b in zip(frozen_by_lr, before, strict=True))
     assert not torch.equal(model.transformer.h[1].mlp.c_fc.weight, tiny_gpt().transformer.h[1].mlp.c_fc.weight)
 
@@ -127,7 +127,7 @@ def test_caller_param_groups_replace_the_default():
 def test_metrics_lines_and_callback_report_every_step(tmp_path):
     seen = []
     path = tmp_path / "logs" / "metrics.jsonl"
-    cfg = TrainConfig(max_iters=5, eval_interval=2, metrics_path=str(path), **FAST)
+    cfg = TrainConfig(steps=5, eval_interval=2, metrics_path=str(path), **FAST)
     res = train(tiny_gpt(), corpus()[:2500], corpus()[2500:], cfg, callback=lambda step, m: seen.append((step, m)))
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2, 3, 4, 5] == [s for s, _ in seen]
@@ -137,7 +137,7 @@ def test_metrics_lines_and_callback_report_every_step(tmp_path):
 
 
 def test_result_counts_tokens_and_time():
-    cfg = TrainConfig(max_iters=3, grad_accum_steps=2, eval_interval=0, **FAST)
+    cfg = TrainConfig(steps=3, grad_accum_steps=2, eval_interval=0, **FAST)
     res = train(tiny_gpt(), corpus(), corpus(), cfg)
     assert res.tokens_seen == 3 * 4 * 2 * 16  # steps * batch * micro-steps * block
     assert res.step_time_ms > 0 and res.tokens_per_sec > 0 and res.wall_time > 0
@@ -154,7 +154,7 @@ def test_estimate_loss_repeats_and_restores_mode():
 
 
 def test_gradient_checkpointing_gives_the_same_losses():
-    cfg = dict(max_iters=3, eval_interval=0, **FAST)
+    cfg = dict(steps=3, eval_interval=0, **FAST)
     plain = train(tiny_gpt(), corpus(), None, TrainConfig(**cfg))
     model = tiny_gpt()
     ckpt = train(model, corpus(), None, TrainConfig(gradient_checkpointing=True, **cfg))
@@ -163,7 +163,7 @@ def test_gradient_checkpointing_gives_the_same_losses():
 
 
 @pytest.mark.parametrize("bad, word", [
-    (dict(batch_size=0), "batch_size"), (dict(max_iters=-1), "max_iters"), (dict(block_size=1.5), "block_size"),
+    (dict(batch_size=0), "batch_size"), (dict(steps=-1), "steps"), (dict(block_size=1.5), "block_size"),
     (dict(lr=0.0), "lr"), (dict(lr=1e-3, min_lr=1e-2), "min_lr"), (dict(grad_clip=-1.0), "grad_clip"),
     (dict(device="tpu"), "device"),
 ])

@@ -9,14 +9,17 @@ from minigpt.bench.runner import SECTIONS, BenchConfig, _default_threads, run
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--sections", default="1,2,3,4,5", help="comma-separated section numbers, e.g. 1,4")
+    p.add_argument("--sections", default="1,2,3,4,5", metavar="LIST",
+                   help="comma-separated section numbers, e.g. 1,4 (default: all five)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
-    p.add_argument("--threads", type=int, default=_default_threads(), help="torch threads (default: usable cores)")
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--out", default="bench.json", help="where to write the JSON results")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=int, default=1200, help="seconds allowed to each subprocess")
+    p.add_argument("--threads", type=int, default=_default_threads(), metavar="N", help="torch threads (default: usable cores)")
+    p.add_argument("--warmup", type=int, default=None, metavar="N",
+                   help="untimed calls before timing (default: 3; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N", help="timed repeats (default: 30; 3 with --quick)")
+    p.add_argument("--out", default="bench.json", metavar="FILE", help="where to write the JSON results (default: bench.json)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of model weights and batches (default: 0)")
+    p.add_argument("--timeout", type=int, default=1200, metavar="S",
+                   help="seconds allowed to each subprocess (default: 1200)")
     a = p.parse_args(argv)
     try:
         sections = tuple(int(s) for s in a.sections.split(",") if s.strip())

@@ -22,13 +22,13 @@ import time
 
 import torch
 
+from lora.checks import check_int
 from minigpt.device import ru_maxrss_bytes
 
 
 def pin_threads(threads):
     """Pin torch's intra-op thread count (and OpenMP's, for libraries read at start-up); returns it."""
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads={threads!r}: must be a positive integer")
+    check_int("threads", threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -85,8 +85,8 @@ def time_interleaved(fns, warmup, repeats, min_seconds=0.005):
     so a burst of load from another process slows every variant alike instead of biasing one ratio.
     The garbage collector is off while timing, as in timeit.
     """
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"warmup={warmup}, repeats={repeats}: need warmup >= 0 and repeats >= 1")
+    check_int("warmup", warmup, least=0)
+    check_int("repeats", repeats)
     for fn in fns.values():
         for _ in range(warmup):
             fn()

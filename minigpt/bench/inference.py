@@ -4,7 +4,7 @@ Section 2 runs the same GPT four ways: the plain base model, LoRA unmerged (the 
 on every call), LoRA merged (ΔW folded into W, the LoRALinear wrappers kept) and merged-and-unloaded
 (plain nn.Linear layers again). LoRA §4.1 claims "no additional inference latency" once merged.
 Section 3 times a single layer, so the per-call overhead of the side path is seen without the rest of
-the model around it. Variants are timed round-robin (bench_harness.time_interleaved).
+the model around it. Variants are timed round-robin (minigpt.bench.harness.time_interleaved).
 
 Shape legend: B batch, T sequence length, N = B·T tokens, d_in/d_out layer sizes, r rank.
 """

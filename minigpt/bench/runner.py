@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from lora.checks import check_int
 from lora.files import atomic_write
 from minigpt.bench.harness import load_average, pinned_threads
 
@@ -61,14 +62,15 @@ class BenchConfig:
         bad = [s for s in self.sections if s not in SECTIONS]
         if not self.sections or bad:
             raise ValueError(f"sections={list(self.sections)}: choose from {sorted(SECTIONS)}")
-        if not isinstance(self.threads, int) or self.threads < 1:
-            raise ValueError(f"threads={self.threads!r}: must be a positive integer")
+        check_int("threads", self.threads)
         if self.warmup is None:
             self.warmup = 1 if self.quick else 3
         if self.repeats is None:
             self.repeats = 3 if self.quick else 30
-        if self.warmup < 0 or self.repeats < 1:
-            raise ValueError(f"warmup={self.warmup}, repeats={self.repeats}: need warmup >= 0 and repeats >= 1")
+        check_int("warmup", self.warmup, least=0)
+        check_int("repeats", self.repeats)
+        check_int("seed", self.seed, least=0)
+        check_int("timeout", self.timeout)
 
 
 def cpu_name():

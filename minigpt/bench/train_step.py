@@ -4,7 +4,7 @@ The same model is trained on the same batch three ways: full fine-tuning (every 
 (base frozen, rank-r adapters trained) and QLoRA (every linear weight stored in NF4, the adapters
 trained in float32). Step times come from one subprocess that holds all three and times them
 round-robin, so the ratios are measured side by side; bytes and peak memory come from one subprocess
-per method (see bench_harness.run_isolated), so each peak is that method's own.
+per method (see minigpt.bench.harness.run_isolated), so each peak is that method's own.
 
 A step is forward, backward, gradient clipping, AdamW update, zero_grad: what minigpt.trainer does per
 batch. The batch holds random token ids: speed and memory do not depend on what the tokens say.

@@ -4,6 +4,7 @@
     base_model.py  the base: GPT-2, a GPT-2 folder, or a tiny byte-level GPT pretrained once and cached
     corpus.py      the offline English corpus the tiny base learns from (Python's own docs)
     pipeline.py    run_finetune(): base -> model -> training -> adapter, merged model, report
+    estimate.py    the header printed before work: what runs, where, and the expected time
     report.py      FinetuneReport: what a run measured, as report.json and printed
     rundir.py      the run's output folder: refusing another run's folder, resuming, the loss curve
     compare.py     --compare: full vs LoRA ranks vs QLoRA vs training from scratch

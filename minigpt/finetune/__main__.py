@@ -12,13 +12,14 @@ import os
 import sys
 
 from minigpt.device import DEVICES
-from minigpt.finetune.compare import run_compare
+from minigpt.finetune.compare import compare_configs, run_compare
 from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
+from minigpt.finetune.estimate import describe_compare, describe_run, estimate, estimate_compare
 from minigpt.finetune.pipeline import run_finetune
 from minigpt.finetune.report import format_report
 
-FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig where it is not None
-    ("method", str, f"one of {', '.join(METHODS)}"),
+FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig unless the help gives it
+    ("method", str, "full (every weight), lora, or qlora (LoRA on an NF4 base)"),
     ("base", str, "tiny, scratch, gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a GPT-2 folder"),
     ("base_corpus", str, "text file to pretrain the tiny base on (default: the Python docs)"),
     ("base_preset", str, "GPTConfig preset of the tiny base"), ("base_steps", int, "pretraining steps of the tiny base"),
@@ -27,22 +28,29 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
     ("batch_size", int, "sequences per step"), ("block_size", int, "tokens per sequence (default: min(128, the base's))"),
     ("lr", float, f"peak learning rate (default: {DEFAULT_LR[METHODS[0]]:g} full, {DEFAULT_LR['lora']:g} LoRA and "
                   f"QLoRA, {SCRATCH_LR:g} from scratch)"),
-    ("device", str, f"one of {', '.join(DEVICES)}"), ("out", str, "output folder (default: runs/finetune-<method>)"),
+    ("device", str, f"where to train: {', '.join(DEVICES)}"), ("out", str, "output folder (default: runs/finetune-<method>)"),
     ("seed", int, "seed of batches, LoRA init and samples"), ("eval_interval", int, "steps between evaluations"),
     ("eval_batches", int, "validation batches per evaluation"),
-    ("data", str, "tiny Shakespeare's input.txt (default: $MINIGPT_DATA_DIR, the cache, or a download)"),
+    ("data", str, "a text file to fine-tune on (default: tiny Shakespeare from $MINIGPT_DATA_DIR, the cache, "
+                  "or a download)"),
     ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
     ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default: $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
 )
 
 
+METAVARS = {str: "NAME", int: "N", float: "X"}
+PATHS = {"base_corpus": "FILE", "data": "FILE", "out": "DIR", "cache_dir": "DIR", "prompt": "TEXT"}
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m minigpt.finetune", description="Fine-tune a base on tiny Shakespeare with full fine-tuning, LoRA or QLoRA.")
+    p = argparse.ArgumentParser(prog="python -m minigpt.finetune",
+                                description="Fine-tune a base on tiny Shakespeare with full fine-tuning, LoRA or QLoRA.")
     d = FinetuneConfig()
     for name, kind, help in FLAGS:
         default = getattr(d, name)
         shown = help if default is None or "(default:" in help else f"{help} (default: {default})"
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=shown)
+        metavar = PATHS.get(name, METAVARS[kind])  # choices are checked by validate: a one-line error naming them
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=shown, metavar=metavar)
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in --out")
@@ -57,10 +65,12 @@ def main(argv=None):
     try:
         cfg = FinetuneConfig(**args)
         if compare:
+            print(describe_compare(cfg, estimate_compare(compare_configs(cfg))), flush=True)
             summary = run_compare(cfg)
             print(summary["table"])
             print(f"wrote {summary['markdown']} and {summary['plot']} in {summary['seconds']:.0f} s")
             return 0
+        print(describe_run(cfg, estimate(cfg)), flush=True)
         report = run_finetune(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     gpt2, gpt2-medium, ...   GPT-2's weights (minigpt.load_pretrained), GPT-2's BPE tokenizer
     a folder                 any GPT-2-layout folder (config.json + model.safetensors), GPT-2's BPE
-    tiny                     a byte-level MiniGPT pretrained on the Python docs (minigpt.corpus) or on
+    tiny                     a byte-level MiniGPT pretrained on the Python docs (minigpt.finetune.corpus) or on
                              a text file of yours, then cached: cache_dir()/bases/<key>/
     scratch                  the tiny architecture at its random initialisation (the no-pretraining baseline)
 
@@ -43,7 +43,7 @@ class BaseRecipe:
     batch_size: int = 16        # sequences per step, each of the preset's block_size bytes
     lr: float = 2e-3            # peak learning rate (warm-up, cosine decay to lr / 10)
     seed: int = 1337
-    corpus: str | None = None   # a text file; None = the Python docs (minigpt.corpus.stdlib_corpus)
+    corpus: str | None = None   # a text file; None = the Python docs (minigpt.finetune.corpus.stdlib_corpus)
 
 
 def is_gpt2(base):
@@ -98,11 +98,22 @@ def pretrain(text, config, recipe, device="auto", progress=True):
         val_ids = train_ids
     torch.manual_seed(recipe.seed)
     model = GPT(config)
-    cfg = TrainConfig(max_iters=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 10,
-                      warmup_iters=min(100, recipe.steps // 10), eval_interval=0, eval_iters=10,
-                      seed=recipe.seed, device=device, progress=progress)
+    cfg = TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 10,
+                      warmup_steps=min(100, recipe.steps // 10), eval_interval=0, eval_batches=10,
+                      seed=recipe.seed, device=device, progress=progress, progress_desc="pretraining the tiny base")
     result = train(model, train_ids, val_ids, cfg)
     return model.cpu(), result
+
+
+def tiny_base_folder(recipe, root=None, text=None):
+    """The cache folder of the tiny base of `recipe` (it may not exist yet); `text`: its corpus, if read already."""
+    text = corpus_text(recipe) if text is None else text
+    return pathlib.Path(root or cache_dir()) / "bases" / cache_key(sha256_text(text), base_config(TINY, recipe), recipe)
+
+
+def is_cached(folder):
+    """True when the base in `folder` is complete: base.json is written last."""
+    return (folder / "base.json").is_file()
 
 
 def tiny_base(recipe, device="auto", root=None, progress=True):
@@ -120,10 +131,9 @@ def tiny_base(recipe, device="auto", root=None, progress=True):
         ValueError: an empty or non-text corpus file (before anything is written).
     """
     text = corpus_text(recipe)
-    config = base_config(TINY, recipe)
-    sha = sha256_text(text)
-    folder = pathlib.Path(root or cache_dir()) / "bases" / cache_key(sha, config, recipe)
-    if (folder / "base.json").is_file():  # written last: its presence means the folder is complete
+    config, sha = base_config(TINY, recipe), sha256_text(text)
+    folder = tiny_base_folder(recipe, root, text)
+    if is_cached(folder):  # written last: its presence means the folder is complete
         info = json.loads((folder / "base.json").read_text(encoding="utf-8"))
         return load_pretrained(folder), dict(info, path=str(folder), cached=True)
     t0 = time.perf_counter()

@@ -55,6 +55,11 @@ class FinetuneConfig:
     progress: bool = True         # progress bars
 
 
+def method_label(cfg):
+    """The method in a few words, for progress bars and headers: "full", "lora r=8", "qlora r=8"."""
+    return cfg.method if cfg.method == "full" else f"{cfg.method} r={cfg.rank}"
+
+
 def recipe_of(cfg):
     """The BaseRecipe of the tiny base `cfg` fine-tunes (its seed is the run's seed)."""
     return BaseRecipe(preset=cfg.base_preset, steps=cfg.base_steps, seed=cfg.seed, corpus=cfg.base_corpus)

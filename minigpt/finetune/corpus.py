@@ -8,12 +8,15 @@ browser): each file is parsed with `ast` and only its docstring is read.
 """
 
 import ast
+import functools
 import hashlib
 import io
 import os
 import pydoc_data.topics
 import sysconfig
 import tokenize
+
+from lora.checks import check_int
 
 # folders of the standard library whose text is not documentation prose (test suites, the IDLE
 # application) or not part of the standard library at all (installed packages)
@@ -64,6 +67,7 @@ def _first_statement(source):
     return source
 
 
+@functools.lru_cache(maxsize=2)  # about 3 s to read; the run's header and the base both ask for it
 def stdlib_corpus(max_chars=MAX_CHARS, root=None):
     """English text shipped with Python: pydoc topics, then module docstrings in sorted path order.
 
@@ -73,8 +77,7 @@ def stdlib_corpus(max_chars=MAX_CHARS, root=None):
     Returns:
         str, identical on every call with the same Python installation.
     """
-    if not isinstance(max_chars, int) or max_chars <= 0:
-        raise ValueError(f"max_chars={max_chars!r}: must be a positive integer")
+    check_int("max_chars", max_chars)
     docs = (module_docstring(p) for p in stdlib_py_files(root))
     text = "\n\n".join((topics_text(), *filter(None, docs))) + "\n"
     if len(text) > max_chars:

@@ -2,7 +2,8 @@
 
 One run writes into cfg.out: config.json, metrics.jsonl, ckpt.pt (for --resume), adapter/ (PEFT's
 layout; none for full fine-tuning), merged/ (GPT-2 layout, loads with minigpt.load_pretrained),
-loss_curve.png and report.json. Every file is written atomically, report.json last.
+loss_curve.png, model.json (the tokenizer and base that rebuild the model: minigpt.sources) and
+report.json. Every file is written atomically, report.json last.
 
 Shape legend: B batch size, T block size, V vocabulary size.
 """
@@ -22,10 +23,11 @@ from lora.targets import parse_targets
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.device import pick_device
 from minigpt.finetune.base_model import base_tokenizer, load_base
-from minigpt.finetune.config import recipe_of, validate
+from minigpt.finetune.config import method_label, recipe_of, validate
 from minigpt.finetune.report import FinetuneReport
 from minigpt.finetune.rundir import clear_outputs, save_loss_curve, trim_metrics
 from minigpt.pretrained import save_pretrained
+from minigpt.sources import RUN_FILE, run_description
 from minigpt.trainer import TrainConfig, estimate_loss, train
 
 
@@ -54,11 +56,12 @@ def load_data(cfg, tokenizer):
 def train_config(cfg):
     """The TrainConfig of a fine-tuning run: warm-up over 5% of the steps, cosine to lr / 10."""
     return TrainConfig(
-        max_iters=cfg.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr, min_lr=cfg.lr / 10,
-        warmup_iters=cfg.steps // 20, eval_interval=cfg.eval_interval, eval_iters=cfg.eval_batches, seed=cfg.seed,
+        steps=cfg.steps, batch_size=cfg.batch_size, block_size=cfg.block_size, lr=cfg.lr, min_lr=cfg.lr / 10,
+        warmup_steps=cfg.steps // 20, eval_interval=cfg.eval_interval, eval_batches=cfg.eval_batches, seed=cfg.seed,
         # no weight decay on adapters: it would pull B A towards zero, i.e. back to the base model
         weight_decay=0.1 if cfg.method == "full" else 0.0,
-        device=cfg.device, compile=cfg.compile, progress=cfg.progress, out_dir=cfg.out,
+        device=cfg.device, compile=cfg.compile, progress=cfg.progress, progress_desc=f"fine-tuning ({method_label(cfg)})",
+        out=cfg.out,
         checkpoint_interval=cfg.eval_interval, trainable_only=cfg.method != "full", resume=cfg.resume,
         metrics_path=os.path.join(cfg.out, "metrics.jsonl"))
 
@@ -159,6 +162,7 @@ def run_finetune(cfg, callback=None):
         prompt=cfg.prompt, sample_before=sample_before, sample_after=sample(model, tokenizer, cfg, device),
         total_seconds=time.perf_counter() - t0,
     )
+    write_json(out / RUN_FILE, run_description(tokenizer, base_info["path"], adapter=cfg.method != "full"))
     write_json(out / "report.json", report.to_dict())  # last: its presence means the run is complete
     return report
 

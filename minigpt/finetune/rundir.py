@@ -14,7 +14,8 @@ import shutil
 from lora.files import atomic_write
 from minigpt.checkpoint import checkpoint_path, read_checkpoint
 
-OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "report.json")
+OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "model.json",
+           "report.json")
 # fields that do not change a run's numbers: they may differ between a run and its resumption
 FREE_FIELDS = ("out", "resume", "overwrite", "device", "compile", "progress", "cache_dir")
 

@@ -18,6 +18,8 @@ from minigpt.finetune.base_model import BaseRecipe, tiny_base
 from minigpt.finetune.compare import run_compare
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import load_pretrained, save_pretrained
+from minigpt.sample import main as sample_main
+from minigpt.sources import load_model
 
 METHODS = ("full", "lora", "qlora")
 
@@ -214,3 +216,15 @@ def test_cached_base_has_the_same_weights(files):
     b, info_b = tiny_base(recipe, device="cpu", root=files / "cache2", progress=False)
     assert (info_a["cached"], info_b["cached"]) == (False, True)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sample_command_reads_the_run_folder(runs, method, capsys):
+    cfg, report = runs[method]
+    assert json.loads((pathlib.Path(cfg.out) / "model.json").read_text())["tokenizer"] == {"name": "byte"}
+    texts = sample_main([cfg.out, "--prompt", "THE ", "--max-new-tokens", "6", "--device", "cpu"])
+    assert texts[0].startswith("THE ") and len(texts[0]) > len("THE ")  # bytes may decode to U+FFFD
+    merged = load_pretrained(pathlib.Path(cfg.out) / "merged").eval()
+    loaded, _ = load_model(cfg.out)
+    with torch.no_grad():
+        assert torch.equal(loaded(_batch())[0], merged(_batch())[0])
