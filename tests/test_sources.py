@@ -6,13 +6,13 @@ import shutil
 import pytest
 import torch
 
+from helpers import tiny_gpt
 from lora import apply_lora, save_adapter
 from minigpt import sample as sample_cli
 from minigpt.checkpoint import save_checkpoint
 from minigpt.pretrained import save_pretrained
 from minigpt.sources import RUN_FILE, load_model, run_description
 from minigpt.tokenizer import ByteTokenizer
-from tests.helpers import tiny_gpt
 
 IDS = torch.tensor([list(b"to be or not to b")[:16]])  # (1, 16) byte ids
 
