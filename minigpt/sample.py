@@ -9,12 +9,14 @@ checkpoint, prompt, settings and seed give the same text.
 """
 
 import argparse
+import sys
 
 import torch
 
 from minigpt.checkpoint import load_checkpoint, read_checkpoint
 from minigpt.device import DEVICES, autocast, pick_device
 from minigpt.model import GPT, GPTConfig
+from minigpt.threads import fitted_threads
 from minigpt.tokenizer import tokenizer_from_dict
 
 
@@ -67,14 +69,17 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: fitted to the model's size)")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     model, tokenizer = load_model(args.ckpt, pick_device(args.device))
-    texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
+    with fitted_threads(model, args.threads) as choice:
+        print(f"threads: {choice.describe()}", file=sys.stderr)  # stdout holds only the samples
+        texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
     print("\n---------------\n".join(texts))
     return texts
 

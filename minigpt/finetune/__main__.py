@@ -16,6 +16,7 @@ from minigpt.finetune.compare import run_compare
 from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
 from minigpt.finetune.pipeline import run_finetune
 from minigpt.finetune.report import format_report
+from minigpt.threads import threads_header
 
 FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig where it is not None
     ("method", str, f"one of {', '.join(METHODS)}"),
@@ -33,6 +34,8 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
     ("data", str, "tiny Shakespeare's input.txt (default: $MINIGPT_DATA_DIR, the cache, or a download)"),
     ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
     ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default: $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
+    ("threads", int, "torch threads while training (default: $OMP_NUM_THREADS, else 1 for models up to 5M "
+                     "parameters and every usable core above)"),
 )
 
 
@@ -61,6 +64,7 @@ def main(argv=None):
             print(summary["table"])
             print(f"wrote {summary['markdown']} and {summary['plot']} in {summary['seconds']:.0f} s")
             return 0
+        print(f"threads: {threads_header(cfg.threads)}")
         report = run_finetune(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

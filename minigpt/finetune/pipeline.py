@@ -60,7 +60,7 @@ def train_config(cfg):
         weight_decay=0.1 if cfg.method == "full" else 0.0,
         device=cfg.device, compile=cfg.compile, progress=cfg.progress, out_dir=cfg.out,
         checkpoint_interval=cfg.eval_interval, trainable_only=cfg.method != "full", resume=cfg.resume,
-        metrics_path=os.path.join(cfg.out, "metrics.jsonl"))
+        metrics_path=os.path.join(cfg.out, "metrics.jsonl"), threads=cfg.threads)
 
 
 @torch.no_grad()
