@@ -7,7 +7,7 @@ Unlike GPT-2's Conv1D, every projection here is an nn.Linear, so its weight is (
 Shape legend:
     B  batch size            T  sequence length (<= block_size)
     C  n_embd                nh n_head            hs head size = C // nh
-    V  vocab_size
+    V  vocab_size            L  tokens held by a KV cache (generation only)
 """
 
 import math
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lora.checks import check_float, check_int
+from minigpt import generation
 
 
 @dataclass
@@ -73,13 +74,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, 3C) -> 3 x (B, T, C)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:  # generation: attend to the cached positions too; (B, nh, T, hs) -> (B, nh, L, hs)
+            k, v = cache.append(k, v)
         # softmax(q k^T / sqrt(hs) + causal mask) v, fused; (B, nh, T, hs) -> (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        # (a single new token may see every cached position: no mask; minigpt.kv_cache takes several only when empty)
+        causal = cache is None or T > 1
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -106,8 +111,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -187,35 +192,43 @@ class GPT(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {V})")
 
+    def forward_cached(self, idx, cache):
+        """Generation's forward: (B, T) new ids at positions cache.length... -> logits (B, V) of the last one.
+
+        Each layer appends its keys and values to `cache` (a minigpt.kv_cache.KVCache) and attends to
+        everything cached. Only the last position's logits are computed: nothing else is sampled from.
+        """
+        T = idx.size(1)
+        if cache.length + T > self.config.block_size:
+            raise ValueError(f"positions up to {cache.length + T} exceed block_size {self.config.block_size}")
+        pos = torch.arange(cache.length, cache.length + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block, layer_cache in zip(self.transformer.h, cache.layers, strict=True):
+            x = block(x, layer_cache)
+        return self.lm_head(self.transformer.ln_f(x[:, -1, :]))  # (B, C) -> (B, V)
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, generator=None, use_cache=True,
+                 window_keep=None):
         """Append max_new_tokens sampled tokens to idx (B, T) and return (B, T + max_new_tokens).
 
         temperature 0 means greedy decoding; top_k keeps only the k most likely tokens. Pass a
-        torch.Generator (on idx's device) for a reproducible sample. The model is put in eval mode
-        for the call and returned to its previous mode afterwards.
+        torch.Generator (on idx's device) for a reproducible sample. use_cache=False re-runs the whole
+        context for every token (slower, the same tokens). When the context outgrows block_size the
+        window restarts at the newest window_keep tokens (default block_size // 2; block_size crops
+        on every step, as nanoGPT does): see minigpt.kv_cache. The model is put in eval mode for the
+        call and returned to its previous mode afterwards.
+
+        Raises:
+            TypeError: idx is not a tensor of int64/int32 token ids.
+            ValueError: idx not (B, T) with B, T >= 1, an id outside the vocabulary, or a bad setting
+                (max_new_tokens < 0, temperature < 0 or not finite, top_k < 1, window_keep outside
+                [1, block_size]), each named.
         """
-        check_int("max_new_tokens", max_new_tokens, least=0)
-        check_float("temperature", temperature, low_open=False)  # 0 means greedy
-        if top_k is not None:
-            check_int("top_k", top_k)
         was_training = self.training
         self.eval()
         try:
-            for _ in range(max_new_tokens):
-                context = idx[:, -self.config.block_size:]  # crop to the position table
-                logits, _ = self(context)
-                logits = logits[:, -1, :].float()  # (B, V): only the last position predicts the next token
-                if temperature == 0:
-                    nxt = logits.argmax(dim=-1, keepdim=True)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None:
-                        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = F.softmax(logits, dim=-1)
-                    nxt = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-                idx = torch.cat((idx, nxt), dim=1)
+            return generation.generate(self, idx, max_new_tokens, temperature, top_k, generator, use_cache,
+                                       window_keep)
         finally:
             self.train(was_training)
-        return idx

@@ -10,11 +10,13 @@ seeded torch.Generator: the same model, prompt, settings and seed give the same 
 """
 
 import argparse
+import sys
 
 import torch
 
 from minigpt.device import DEVICES, autocast, pick_device
 from minigpt.sources import KINDS, load_model
+from minigpt.threads import fitted_threads
 
 __all__ = ["load_model", "sample", "main"]
 
@@ -54,6 +56,7 @@ def build_parser():
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples, one generator for all (default: 1)")
     p.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the sampling generator (default: 1337)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: fitted to the model's size)")
     return p
 
 
@@ -66,8 +69,10 @@ def main(argv=None):
         model, tokenizer = load_model(args.source or args.ckpt, base=args.base, device=pick_device(args.device))
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"error: {e}\n")
-    texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
+    with fitted_threads(model, args.threads) as choice:
+        print(f"threads: {choice.describe()}", file=sys.stderr)  # stdout holds only the samples
+        texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)
     print("\n---------------\n".join(texts))
     return texts
 

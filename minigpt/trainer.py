@@ -28,11 +28,12 @@ from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_c
 from minigpt.data import get_batch
 from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
 from minigpt.optim import configure_optimizer, lr_at
+from minigpt.threads import fitted_threads
 
 # fields that may change when a run is resumed without changing its losses
 RESUME_FREE_FIELDS = ("steps", "resume", "out", "checkpoint_interval", "metrics_path", "progress", "progress_desc",
-                      "eval_interval", "eval_batches", "compile", "device", "gradient_checkpointing")
-OPTIONAL_SIZES = ("block_size", "lr_decay_steps")  # positive integers, or None for the default
+                      "eval_interval", "eval_batches", "compile", "device", "gradient_checkpointing", "threads")
+OPTIONAL_SIZES = ("block_size", "lr_decay_steps", "threads")  # positive integers, or None for the default
 POSITIVE = ("batch_size", "grad_accum_steps", "eval_batches", *OPTIONAL_SIZES)  # the other int fields may be 0
 
 
@@ -65,6 +66,7 @@ class TrainConfig:
     trainable_only: bool = False       # checkpoint only the parameters with requires_grad (LoRA)
     resume: bool = False               # continue from out/ckpt.pt when it exists
     metrics_path: str | None = None    # JSON lines, one per step
+    threads: int | None = None         # torch threads while training; None = fitted to the model (minigpt.threads)
 
     def __post_init__(self):
         for f in fields(self):
@@ -92,6 +94,7 @@ class TrainResult:
     peak_memory_bytes: int | None = None  # CUDA max_memory_allocated; CPU: the process's peak RSS
     optimizer_state_bytes: int = 0       # every tensor in the optimizer's state
     checkpoint_path: str | None = None
+    threads: str | None = None           # the thread choice, in words (minigpt.threads.ThreadChoice.describe)
 
 
 @torch.no_grad()
@@ -273,6 +276,13 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
         ValueError: bad config or data, or a checkpoint that does not fit (see load_checkpoint).
     """
     cfg = _resolve(cfg, model, rank_world()[1])
+    with fitted_threads(model, cfg.threads) as choice:
+        result = _train(model, train_data, val_data, cfg, param_groups, callback, extra)
+    result.threads = choice.describe()
+    return result
+
+
+def _train(model, train_data, val_data, cfg, param_groups, callback, extra):
     run = _Run(model, cfg, param_groups, callback, extra)
     try:
         if run.start == 0 and cfg.eval_interval and val_data is not None:

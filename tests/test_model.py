@@ -101,7 +101,8 @@ def test_sampling_is_deterministic_under_a_seeded_generator():
 def test_greedy_decoding_takes_the_argmax_each_step():
     model = tiny_model()
     prompt = torch.randint(64, (2, 3))
-    out = model.generate(prompt, 20, temperature=0)  # 23 > block_size 16: exercises the context crop
+    # 23 > block_size 16; window_keep=16 crops the context to the last 16 tokens on every step (nanoGPT's rule)
+    out = model.generate(prompt, 20, temperature=0, window_keep=16)
     for t in range(3, out.size(1)):
         context = out[:, max(0, t - 16):t]
         logits, _ = model(context)

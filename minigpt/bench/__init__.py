@@ -6,6 +6,8 @@
     inference.py   2: inference, base vs LoRA unmerged vs merged; 3: one LoRALinear vs nn.Linear
     nf4.py         4: NF4 quantise/dequantise throughput and error
     throughput.py  5: MiniGPT training throughput on nanoGPT's CPU configuration
+    generation.py  6: generation tokens/s, KV cache vs re-running the context
+    busy.py        7: the tiny training step idle vs beside one busy process
 """
 
 from minigpt.bench.runner import SECTIONS, BenchConfig, busy_warning, run

@@ -9,8 +9,8 @@ from minigpt.bench.runner import SECTIONS, BenchConfig, _default_threads, run
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--sections", default="1,2,3,4,5", metavar="LIST",
-                   help="comma-separated section numbers, e.g. 1,4 (default: all five)")
+    p.add_argument("--sections", default=",".join(map(str, SECTIONS)), metavar="LIST",
+                   help="comma-separated section numbers, e.g. 1,4 (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
     p.add_argument("--threads", type=int, default=_default_threads(), metavar="N", help="torch threads (default: usable cores)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",

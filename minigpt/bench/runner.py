@@ -2,7 +2,7 @@
 
 Benchmarks: what LoRA and QLoRA save, measured on your own machine.
 
-    python -m minigpt.bench                      # all five sections, a few minutes on a laptop CPU
+    python -m minigpt.bench                      # all seven sections, several minutes on a laptop CPU
     python -m minigpt.bench --quick              # tiny sizes, few repeats: checks that everything runs
     python -m minigpt.bench --sections 1,4 --threads 4 --out bench.json
 
@@ -12,6 +12,8 @@ Sections (each compares variants side by side in one run and reports ratios and 
     3 one LoRALinear vs one nn.Linear, forward and forward+backward, over (d_in, d_out, rank)
     4 NF4 quantise/dequantise throughput and reconstruction error, with and without double quantisation
     5 MiniGPT training throughput on nanoGPT's CPU configuration, eager and torch.compile
+    6 generation tokens/s with the KV cache vs re-running the context, tiny and GPT-2-shaped, batch 1 and 8
+    7 the tiny training step idle vs beside one busy process it starts, under several thread settings
 
 Prints markdown tables to stdout and writes every figure to a JSON file. Timings are medians over many
 repeats after warm-up, with the spread; the thread count is pinned and printed. Nothing here asserts a speed.
@@ -31,6 +33,7 @@ import torch
 from lora.checks import check_int
 from lora.files import atomic_write
 from minigpt.bench.harness import load_average, pinned_threads
+from minigpt.threads import wait_policy
 
 SECTIONS = {
     1: ("train_step", "minigpt.bench.train_step:run_train_step"),
@@ -38,6 +41,8 @@ SECTIONS = {
     3: ("lora_layer", "minigpt.bench.inference:run_lora_layer"),
     4: ("nf4", "minigpt.bench.nf4:run_nf4"),
     5: ("throughput", "minigpt.bench.throughput:run_throughput"),
+    6: ("generation", "minigpt.bench.generation:run_generation"),
+    7: ("busy", "minigpt.bench.busy:run_busy"),
 }
 
 
@@ -48,7 +53,7 @@ def _default_threads():
 
 @dataclass
 class BenchConfig:
-    sections: tuple = (1, 2, 3, 4, 5)             # which sections to run, by number
+    sections: tuple = tuple(SECTIONS)             # which sections to run, by number
     quick: bool = False                           # tiny sizes and few repeats: a smoke test, not a measurement
     threads: int = field(default_factory=_default_threads)  # torch.set_num_threads here and in every subprocess
     warmup: int | None = None                     # untimed calls before timing; None: 1 with --quick, else 3
@@ -93,7 +98,7 @@ def cpu_name():
 
 
 def machine_info(cfg):
-    return dict(cpu=cpu_name(), logical_cpus=os.cpu_count(), threads=torch.get_num_threads(),
+    return dict(cpu=cpu_name(), logical_cpus=os.cpu_count(), threads=torch.get_num_threads(), wait_policy=wait_policy(),
                 torch=torch.__version__, python=platform.python_version(), platform=platform.platform(),
                 date=datetime.datetime.now().isoformat(timespec="seconds"), load_average_before=load_average(),
                 command="python -m minigpt.bench " + " ".join(sys.argv[1:]) if sys.argv[1:] else "python -m minigpt.bench",
@@ -156,7 +161,7 @@ def run(cfg, emit=print):
     with pinned_threads(cfg.threads):
         meta = machine_info(cfg)
         emit(f"# minigpt benchmarks\n\nCPU: {meta['cpu']} | threads: {meta['threads']} (torch.set_num_threads) | "
-             f"torch {meta['torch']} | load average (1, 5, 15 min) before: {meta['load_average_before']}\n")
+             f"OpenMP wait policy: {meta['wait_policy']} | torch {meta['torch']} | load average (1, 5, 15 min) before: {meta['load_average_before']}\n")
         busy = busy_warning(meta["load_average_before"], cfg.threads, meta["logical_cpus"])
         if busy:
             emit(f"WARNING: {busy}\n")

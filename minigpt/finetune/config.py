@@ -53,6 +53,7 @@ class FinetuneConfig:
     sample_tokens: int = 200      # tokens sampled after the prompt
     cache_dir: str | None = None  # cache of tiny bases and GPT-2 downloads; None = minigpt.download.cache_dir()
     progress: bool = True         # progress bars
+    threads: int | None = None    # torch threads; None = fitted to the model's size (minigpt.threads)
 
 
 def method_label(cfg):
@@ -72,6 +73,8 @@ def _check_values(cfg):
     check_choice("base_preset", cfg.base_preset, sorted(PRESETS))
     for name in ("base_steps", "rank", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
         check_int(name, getattr(cfg, name))
+    if cfg.threads is not None:
+        check_int("threads", cfg.threads)
     check_float("alpha", cfg.alpha)
     check_float("dropout", cfg.dropout, 0.0, 1.0, low_open=False)
     if cfg.lr is not None:

@@ -21,6 +21,7 @@ from minigpt.finetune.base_model import SCRATCH, TINY, base_config, is_cached, t
 from minigpt.finetune.config import method_label, recipe_of, validate
 from minigpt.finetune.pipeline import prepare_model
 from minigpt.model import GPT
+from minigpt.threads import threads_header
 
 CALIBRATION_FLOPS = 5e9  # work per timed step: a fraction of a second on a laptop CPU core
 EVAL_COST = 1 / 3         # an evaluation batch is a forward pass: about a third of a training step
@@ -106,7 +107,7 @@ def describe_run(cfg, times):
         base += f" (pretrained first, {cfg.base_steps} steps: about {_minutes(times['pretrain'])})"
     device, text = pick_device(cfg.device), "tiny Shakespeare" if cfg.data is None else os.path.basename(cfg.data)
     return (f"fine-tuning ({method_label(cfg)}) {base} on {text}: {cfg.steps} steps of "
-            f"{cfg.batch_size} x {cfg.block_size} tokens on {device.type}, {torch.get_num_threads()} threads; "
+            f"{cfg.batch_size} x {cfg.block_size} tokens on {device.type}, threads: {threads_header(cfg.threads)}; "
             f"expected about {_minutes(times['total'])} in all (an estimate from a few timed steps here)")
 
 
@@ -120,5 +121,5 @@ def estimate_compare(runs):
 def describe_compare(cfg, times):
     """One line for --compare: the runs, where, on how many threads, and the estimate `times` (estimate_compare)."""
     return (f"comparing {len(times['runs'])} fine-tuning runs ({', '.join(times['runs'])}) of {cfg.steps} steps on "
-            f"{pick_device(cfg.device).type}, {torch.get_num_threads()} threads; expected about "
+            f"{pick_device(cfg.device).type}, threads: {threads_header(cfg.threads)}; expected about "
             f"{_minutes(times['total'])} in all (an estimate from a few timed steps here)")

@@ -63,7 +63,7 @@ def train_config(cfg):
         device=cfg.device, compile=cfg.compile, progress=cfg.progress, progress_desc=f"fine-tuning ({method_label(cfg)})",
         out=cfg.out,
         checkpoint_interval=cfg.eval_interval, trainable_only=cfg.method != "full", resume=cfg.resume,
-        metrics_path=os.path.join(cfg.out, "metrics.jsonl"))
+        metrics_path=os.path.join(cfg.out, "metrics.jsonl"), threads=cfg.threads)
 
 
 @torch.no_grad()

@@ -114,6 +114,30 @@ def test_throughput_section_reports_eager_and_compile_status(quick_run):
     assert rows[1][:2] == ["torch.compile", "not measured: not run with --quick"]
 
 
+def test_generation_section_times_cached_and_uncached_with_the_same_tokens(quick_run):
+    data, _ = quick_run
+    (r,) = _results(data, "generation")
+    assert r["status"] == "ok", r.get("error")
+    for batch in r["batches"].values():
+        assert batch["same_tokens"] is True
+        for variant in ("cached", "uncached"):
+            _assert_summary(batch["time"][variant])
+            assert batch["tokens_per_s"][variant] > 0
+
+
+def test_busy_section_measures_every_setting_idle_and_beside_a_competitor(quick_run):
+    data, _ = quick_run
+    results = _results(data, "busy")
+    assert {(r["setting"], r["mode"]) for r in results} == {
+        (s, m) for s in ("torch defaults", "ACTIVE", "PASSIVE, all cores", "minigpt's choice") for m in ("idle", "busy")}
+    for r in results:
+        assert r["status"] == "ok", r.get("error")
+        _assert_summary(r["step"])
+    policies = {r["setting"]: r["wait_policy"] for r in results}
+    assert policies["torch defaults"] == "unset" and policies["minigpt's choice"] == "PASSIVE (set by minigpt)"
+    assert {r["threads"] for r in results if r["setting"] == "minigpt's choice"} == {1}  # a tiny model: one thread
+
+
 def test_markdown_tables_and_thread_count_are_printed(quick_run):
     _, printed = quick_run
     assert "threads: 1 (torch.set_num_threads)" in printed

@@ -6,6 +6,7 @@ from minigpt.finetune import FinetuneConfig
 from minigpt.finetune.compare import compare_configs
 from minigpt.finetune.estimate import calibrate, describe_compare, describe_run, estimate, estimate_compare
 from minigpt.model import GPTConfig
+from minigpt.threads import threads_header
 
 
 def _cfg(tmp_path, **kw):
@@ -28,7 +29,7 @@ def test_header_names_method_device_threads_and_estimate(tmp_path):
     cfg = _cfg(tmp_path, method="qlora", rank=2)
     line = describe_run(cfg, {"pretrain": 30.0, "finetune": 150.0, "total": 180.0, "cached": False})
     assert "\n" not in line and "qlora r=2" in line and "pretrained first, 40 steps: about 30 s" in line
-    assert "on tiny Shakespeare" in line and f"on cpu, {torch.get_num_threads()} threads" in line
+    assert "on tiny Shakespeare" in line and f"on cpu, threads: {threads_header(cfg.threads)};" in line
     assert "on play.txt:" in describe_run(_cfg(tmp_path, data=str(tmp_path / "play.txt")), {**dict.fromkeys(
         ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3 min" in line and "estimate" in line
 

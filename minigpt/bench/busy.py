@@ -1,0 +1,151 @@
+"""Benchmark section 7: the tiny model's training step on an idle machine and beside one busy process.
+
+A student's laptop always runs something else. This section starts one competing process of its own
+(a pure-Python spin loop, bounded in time and stopped in a `finally`) and times section 1's tiny
+full fine-tuning step without it and beside it, under several thread settings:
+
+    torch defaults      every usable core, OMP_WAIT_POLICY unset (what the project did before)
+    ACTIVE              every usable core, OMP_WAIT_POLICY=ACTIVE (idle workers spin without end)
+    PASSIVE, all cores  every usable core, OMP_WAIT_POLICY=PASSIVE (the wait policy alone)
+    minigpt's choice    minigpt.threads: passive waiting and a thread count fitted to the model
+
+OpenMP reads its wait policy when torch loads it, so each setting runs in a fresh `python` started
+with its own environment; the first three import torch first, the last imports minigpt first, as
+`python -m minigpt.<command>` does. This section sets its own thread counts: --threads is not used.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from minigpt.bench.harness import make_section, make_target, ms, spread_ms, summarize
+
+CHILD = ("import os\npolicy = os.environ.get('OMP_WAIT_POLICY')  # as OpenMP will read it\nimport {first}\n"
+         "import json, sys\nfrom minigpt.bench.busy import busy_step_job\n"
+         "print('RESULT ' + json.dumps(busy_step_job(**json.loads(sys.argv[1]), policy=policy)))")
+SPIN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+CONFIGS = (  # (label, OMP_WAIT_POLICY or None for unset, first import, threads: "default" or "fitted")
+    ("torch defaults", None, "torch", "default"),
+    ("ACTIVE", "ACTIVE", "torch", "default"),
+    ("PASSIVE, all cores", "PASSIVE", "torch", "default"),
+    ("minigpt's choice", None, "minigpt", "fitted"),
+)
+OURS = CONFIGS[-1][0]
+
+
+def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds, seed, policy):
+    """Child job: section 1's full training step, timed `repeats` times or until max_seconds have passed;
+    `policy` is OMP_WAIT_POLICY as it was when torch loaded OpenMP."""
+    import torch
+
+    from minigpt.bench.train_step import build_model, make_optimizer, make_step, random_batch
+    from minigpt.threads import choose_threads, model_params
+
+    model = build_model(preset, "full", seed)
+    choice = choose_threads(model_params(model)) if threads == "fitted" else None
+    if choice is not None:
+        torch.set_num_threads(choice.threads)
+    x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
+    step = make_step(model, make_optimizer(model), x, y)
+    for _ in range(warmup):
+        step()
+    samples, end = [], time.perf_counter() + max_seconds
+    while len(samples) < repeats and (len(samples) < 3 or time.perf_counter() < end):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    import os
+
+    if policy is None and threads == "fitted":  # `import minigpt` came first and set it before torch loaded
+        policy = f"{os.environ.get('OMP_WAIT_POLICY')} (set by minigpt)"
+    return dict(threads=torch.get_num_threads(), wait_policy=policy or "unset", step=summarize(samples),
+                choice=None if choice is None else choice.describe())
+
+
+def run_fresh(first, policy, kwargs, timeout):
+    """busy_step_job in a new interpreter whose environment has OMP_WAIT_POLICY=policy (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD.format(first=first), json.dumps(kwargs)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(status="failed", error=f"timed out after {timeout} s")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        return dict(status="failed", error=(done.stderr.strip().splitlines() or ["no result"])[-1])
+    return dict(json.loads(lines[-1][len("RESULT "):]), status="ok")
+
+
+def start_competitor(seconds):
+    """One busy process: a Python loop that spins for at most `seconds`."""
+    return subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=seconds)])
+
+
+def stop_competitor(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _measure(cfg, kwargs):
+    """{(label, "idle" | "busy"): result}: every setting idle, then every setting beside the competitor."""
+    results = {}
+    for label, policy, first, threads in CONFIGS:
+        results[label, "idle"] = run_fresh(first, policy, dict(kwargs, threads=threads), cfg.timeout)
+    competitor = start_competitor(seconds=len(CONFIGS) * cfg.timeout)
+    try:
+        time.sleep(0.5)  # let it reach the scheduler's steady state
+        for label, policy, first, threads in CONFIGS:
+            results[label, "busy"] = run_fresh(first, policy, dict(kwargs, threads=threads), cfg.timeout)
+    finally:
+        stop_competitor(competitor)
+    return results
+
+
+def _median(result):
+    return result["step"]["median"] if result.get("status") == "ok" else None
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def run_busy(cfg):
+    """Section 7: tiny training step, idle vs beside one busy process, under four thread settings."""
+    preset, batch, seq_len = ("test", 2, 16) if cfg.quick else ("tiny", 8, 128)
+    kwargs = dict(preset=preset, batch=batch, seq_len=seq_len, warmup=cfg.warmup, repeats=cfg.repeats,
+                  max_seconds=2 if cfg.quick else 15, seed=cfg.seed)
+    results = _measure(cfg, kwargs)
+    rows = []
+    for label, *_ in CONFIGS:
+        idle, busy = results[label, "idle"], results[label, "busy"]
+        cells = []
+        for r in (idle, busy):
+            cells += ([r["threads"], ms(r["step"]["median"]), spread_ms(r["step"])] if r.get("status") == "ok"
+                      else [None, f"failed: {r.get('error')}", None])
+        slow = _ratio(_median(busy), _median(idle))
+        rows.append([label, idle.get("wait_policy")] + cells + [None if slow is None else f"{slow:.2f}"])
+    ours_slow = _ratio(_median(results[OURS, "busy"]), _median(results[OURS, "idle"]))
+    idle_vs_before = _ratio(_median(results[OURS, "idle"]), _median(results[CONFIGS[0][0], "idle"]))
+    targets = [make_target(f"{preset}: busy step / idle step, minigpt's choice", ours_slow, "<= 1.5",
+                           ours_slow is not None and ours_slow <= 1.5, digits=2),
+               make_target(f"{preset}: idle step, minigpt's choice / torch defaults", idle_vs_before,
+                           "<= 1.1 (no slower, within noise)", idle_vs_before is not None and idle_vs_before <= 1.1,
+                           digits=2)]
+    headers = ["setting", "wait policy", "threads idle", "idle step ms", "idle IQR ms", "threads busy",
+               "busy step ms", "busy IQR ms", "busy / idle"]
+    choice = results[OURS, "idle"].get("choice")
+    notes = [f"model {preset} (B={batch}, T={seq_len}), full fine-tuning step as in section 1; each setting in a "
+             f"fresh python; busy: beside one spinning Python process started by the benchmark. "
+             f"minigpt's choice here: {choice}.", f"load average before the section: {os.getloadavg()}"
+             if hasattr(os, "getloadavg") else "no load average on this OS"]
+    return make_section("Busy machine: training step idle vs beside one busy process",
+                        [dict(headers=headers, rows=rows)], targets, notes,
+                        [dict(setting=k[0], mode=k[1], **v) for k, v in results.items()])

@@ -1,0 +1,181 @@
+"""GPT.generate with and without the KV cache (minigpt.generation, minigpt.kv_cache).
+
+The "test" preset has block_size 16, so a 5-token prompt plus 40 new tokens slides the window twice
+with the default window_keep of 8. Nothing here times anything: speeds live in the benchmark.
+"""
+
+import pytest
+import torch
+
+from helpers import V, tiny_gpt
+from lora import LinearNF4, apply_lora, lora_layers, merge_lora, quantize_model, unmerge_lora
+from minigpt.kv_cache import KVCache, LayerCache, window_start
+
+BLOCK = 16
+SETTINGS = [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7, top_k=5)]
+
+
+def both_ways(model, idx, n, seed=3, **kw):
+    """(cached, uncached) outputs of the same call, each with a generator seeded alike."""
+    return tuple(model.generate(idx, n, generator=torch.Generator().manual_seed(seed), use_cache=c, **kw)
+                 for c in (True, False))
+
+
+def prompt(b=2, t=5, seed=1):
+    return torch.randint(V, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+@pytest.mark.parametrize("window_keep", [None, 1, BLOCK])
+def test_cached_equals_uncached_token_for_token_across_window_slides(settings, window_keep):
+    cached, uncached = both_ways(tiny_gpt(), prompt(), 40, window_keep=window_keep, **settings)
+    assert cached.shape == (2, 45)
+    assert torch.equal(cached, uncached)
+
+
+def _randomize_lora_b(model):
+    """LoRA's B starts at zero, which would make the adapters invisible: give it values first."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("settings", SETTINGS[:2])
+def test_cached_equals_uncached_with_lora_unmerged_and_merged(settings):
+    base = tiny_gpt()
+    model = apply_lora(tiny_gpt(), rank=4, alpha=8, targets=["c_attn", "c_fc"])
+    _randomize_lora_b(model)
+    idx = prompt()
+    plain, _ = both_ways(base, idx, 30, **settings)
+    unmerged = both_ways(model, idx, 30, **settings)
+    assert torch.equal(*unmerged)
+    assert not torch.equal(unmerged[0], plain)  # the adapters change the tokens: they are really there
+    merge_lora(model)
+    assert torch.equal(*both_ways(model, idx, 30, **settings))
+    unmerge_lora(model)
+    assert torch.equal(both_ways(model, idx, 30, **settings)[0], unmerged[0])
+
+
+@pytest.mark.parametrize("settings", SETTINGS[:2])
+def test_cached_equals_uncached_with_an_nf4_base(settings):
+    model = tiny_gpt()
+    quantize_model(model, targets="all-linear")
+    assert any(isinstance(m, LinearNF4) for m in model.modules())
+    assert torch.equal(*both_ways(model, prompt(), 30, **settings))
+    apply_lora(model, rank=4, alpha=8, targets=["c_attn"])
+    _randomize_lora_b(model)
+    assert torch.equal(*both_ways(model, prompt(), 30, **settings))
+
+
+def test_cached_logits_equal_the_training_forward():
+    model = tiny_gpt().eval()
+    idx = prompt(t=12)
+    cache = KVCache(model.config.n_layer, BLOCK)
+    with torch.no_grad():
+        full, _ = model(idx)  # (B, T, V)
+        steps = [model.forward_cached(idx[:, :4], cache)] + [model.forward_cached(idx[:, t:t + 1], cache)
+                                                              for t in range(4, 12)]
+    assert torch.allclose(torch.stack(steps, 1), full[:, 3:], atol=1e-5)
+    assert cache.length == 12
+
+
+def test_cache_never_holds_more_than_block_size(monkeypatch):
+    lengths, append = [], LayerCache.append
+
+    def spy(self, k, v):
+        out = append(self, k, v)
+        lengths.append(self.length)
+        assert self.capacity <= BLOCK and out[0].size(2) == self.length
+        return out
+
+    monkeypatch.setattr(LayerCache, "append", spy)
+    out = tiny_gpt().generate(prompt(), 60, temperature=0)
+    assert out.shape == (2, 65)
+    assert max(lengths) == BLOCK  # filled up to the window...
+    assert any(b < a for a, b in zip(lengths, lengths[1:], strict=False))  # ...and refilled after each slide
+
+
+def test_generation_longer_than_block_size_follows_the_window_rule():
+    model = tiny_gpt().eval()
+    idx = prompt(t=3)
+    out = model.generate(idx, 30, temperature=0)
+    # by hand with window_keep 8: positions 3..16 see out[:, 0:t]; at length 17 the window restarts at 9 ...
+    start = 0
+    for t in range(3, out.size(1)):
+        start = window_start(t, start, BLOCK, 8)
+        assert t - start <= BLOCK
+        with torch.no_grad():
+            logits, _ = model(out[:, start:t])
+        assert torch.equal(out[:, t], logits[:, -1].argmax(-1))
+    assert start == 18  # the window restarted at 9 (length 17) and at 18 (length 26): two slides
+
+
+def test_window_rule_keeps_a_full_window_until_it_overflows():
+    assert window_start(16, 0, 16, 8) == 0
+    assert window_start(17, 0, 16, 8) == 9
+    assert window_start(17, 0, 16, 16) == 1  # keep = block_size: nanoGPT's crop to the last block_size tokens
+    assert window_start(25, 9, 16, 8) == 9
+
+
+def test_prompt_longer_than_block_size_starts_from_its_last_window():
+    model = tiny_gpt()
+    long = prompt(t=BLOCK + 7)
+    for use_cache in (True, False):
+        a = model.generate(long, 10, temperature=0, use_cache=use_cache)
+        b = model.generate(long[:, -BLOCK:], 10, temperature=0, use_cache=use_cache)
+        assert torch.equal(a[:, -10:], b[:, -10:])
+
+
+def test_top_k_1_equals_greedy():
+    model = tiny_gpt()
+    greedy = model.generate(prompt(), 30, temperature=0)
+    sampled = model.generate(prompt(), 30, temperature=1.3, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, greedy)
+
+
+def test_every_sampled_token_is_among_the_k_most_likely():
+    model, k = tiny_gpt().eval(), 3
+    out = model.generate(prompt(b=4, t=2), BLOCK - 2, temperature=2.0, top_k=k,
+                         generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, _ = model(out[:, :-1])  # the whole output fits one window: position t-1 predicts token t
+    allowed = logits[:, 1:].topk(k, dim=-1).indices  # (B, T - 2, k)
+    assert (out[:, 2:, None] == allowed).any(-1).all()
+    greedy = model.generate(prompt(b=4, t=2), BLOCK - 2, temperature=0)
+    assert not torch.equal(out, greedy)  # a high temperature really sampled beyond the top token
+
+
+def test_zero_new_tokens_returns_the_prompt_and_training_mode_is_restored():
+    model = tiny_gpt().train()
+    idx = prompt()
+    assert torch.equal(model.generate(idx, 0), idx)
+    model.generate(idx, 3)
+    assert model.training
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(max_new_tokens=-1), ValueError, "max_new_tokens=-1"),
+    (dict(max_new_tokens=2.0), ValueError, "max_new_tokens=2.0"),
+    (dict(max_new_tokens=True), ValueError, "max_new_tokens=True"),
+    (dict(temperature=float("nan")), ValueError, "temperature=nan"),
+    (dict(temperature=float("inf")), ValueError, "temperature=inf"),
+    (dict(temperature=-0.5), ValueError, "temperature=-0.5"),
+    (dict(temperature="0.8"), ValueError, "temperature='0.8'"),
+    (dict(top_k=0), ValueError, "top_k=0"),
+    (dict(top_k=True), ValueError, "top_k=True"),
+    (dict(top_k=2.5), ValueError, "top_k=2.5"),
+    (dict(use_cache="yes"), ValueError, "use_cache='yes'"),
+    (dict(window_keep=0), ValueError, "window_keep=0"),
+    (dict(window_keep=BLOCK + 1), ValueError, "window_keep=17"),
+    (dict(idx=torch.zeros((1, 0), dtype=torch.long)), ValueError, "at least one token"),
+    (dict(idx=torch.zeros(4, dtype=torch.long)), ValueError, r"shape \(4,\)"),
+    (dict(idx=torch.zeros((1, 4))), TypeError, "torch.float32"),
+    (dict(idx=[[1, 2]]), TypeError, "list"),
+    (dict(idx=torch.tensor([[1, V]])), ValueError, f"token id {V}"),
+    (dict(idx=torch.tensor([[-1, 2]])), ValueError, "token id -1"),
+])
+def test_bad_arguments_raise_naming_the_value(kwargs, error, match):
+    args = {**dict(idx=prompt(), max_new_tokens=4), **kwargs}
+    with pytest.raises(error, match=match):
+        tiny_gpt().generate(**args)

@@ -1,0 +1,63 @@
+"""minigpt.threads: the thread count and OpenMP wait policy, and who may override them. Nothing is timed here."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import tiny_gpt
+from minigpt.threads import SMALL_MODEL_PARAMS, choose_threads, fitted_threads, prefer_passive_wait, usable_cores
+
+
+def test_small_models_get_one_thread_and_large_ones_every_core(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads(SMALL_MODEL_PARAMS).threads == 1
+    assert choose_threads(SMALL_MODEL_PARAMS + 1).threads == usable_cores()
+
+
+def test_an_explicit_count_beats_omp_num_threads_which_beats_the_fitted_count(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert (choose_threads(100).threads, choose_threads(100).reason) == (3, "OMP_NUM_THREADS")
+    assert (choose_threads(100, requested=2).threads, choose_threads(100, 2).reason) == (2, "requested")
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
+def test_a_bad_thread_count_raises_naming_it(bad):
+    with pytest.raises(ValueError, match="threads="):
+        choose_threads(100, requested=bad)
+
+
+def test_a_bad_omp_num_threads_raises_naming_it(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='many'"):
+        choose_threads(100)
+
+
+def test_fitted_threads_applies_the_choice_and_restores_the_previous_count(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    with fitted_threads(tiny_gpt(), requested=before + 1) as choice:
+        assert torch.get_num_threads() == choice.threads == before + 1
+    assert torch.get_num_threads() == before
+
+
+def test_the_wait_policy_is_set_only_when_the_user_has_not(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert prefer_passive_wait() == "ACTIVE" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert prefer_passive_wait() == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_importing_minigpt_sets_the_policy_before_torch_is_loaded():
+    code = ("import sys, os\nimport minigpt.model\n"
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["PASSIVE", "True"]
+    imports = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+    # minigpt.threads is imported (and the policy set) before torch is
+    assert imports.index("minigpt.threads") < imports.index("torch")
