@@ -142,3 +142,37 @@ def test_gradient_checkpointing_gives_identical_gradients():
     plain, checkpointed = grads(False), grads(True)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.equal(plain[n], checkpointed[n]) for n in plain)
+
+
+@pytest.mark.parametrize("bad", [dict(bias="false"), dict(bias=1), dict(bias=None), dict(n_layer=2.0),
+                                 dict(n_head=True), dict(vocab_size="64"), dict(dropout="0.1"),
+                                 dict(dropout=float("nan")), dict(dropout=True)])
+def test_config_types_are_strict_not_coerced(bad):
+    with pytest.raises(ValueError, match=rf"GPTConfig.{next(iter(bad))}="):
+        GPTConfig(**{**TINY, **bad})
+
+
+@pytest.mark.parametrize("targets, words", [
+    (torch.randint(64, (2, 16)).float(), "targets must be a .* int64"),
+    ([[1, 2]], "targets must be a .*got list"),
+    (torch.randint(64, (2, 15)), r"targets shape \(2, 15\) must equal idx shape \(2, 16\)"),
+    (torch.randint(64, (32,)), "targets must be a"),
+    (torch.full((2, 16), 64), r"targets: token id 64 is outside the vocabulary \[0, 64\) or -1"),
+    (torch.full((2, 16), -2), "targets: token id -2 is outside"),
+    (torch.full((2, 16), -1), "every entry is -1"),
+])
+def test_bad_targets_raise_value_error_naming_them(targets, words):
+    with pytest.raises(ValueError, match=words):
+        tiny_model()(torch.randint(64, (2, 16)), targets)
+
+
+def test_int32_ids_and_targets_give_the_int64_loss():
+    model = tiny_model()
+    idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
+    targets[0, :3] = -1
+    assert torch.equal(model(idx, targets)[1], model(idx.int(), targets.int())[1])
+
+
+def test_empty_sequence_is_refused():
+    with pytest.raises(ValueError, match="holds no tokens"):
+        tiny_model()(torch.zeros((1, 0), dtype=torch.long))
