@@ -176,3 +176,24 @@ def test_int32_ids_and_targets_give_the_int64_loss():
 def test_empty_sequence_is_refused():
     with pytest.raises(ValueError, match="holds no tokens"):
         tiny_model()(torch.zeros((1, 0), dtype=torch.long))
+
+
+def test_gpt2_initialisation_statistics():
+    """std 0.02 on every weight matrix and embedding, 0.02/√(2·n_layer) on the residual projections c_proj,
+    zero biases, LayerNorm at (1, 0) (GPT-2 paper §2.3; nanoGPT). Large enough that a 2% band is tight:
+    the smallest matrix has 65,536 entries, so the sample std's error is about 0.3%."""
+    torch.manual_seed(0)
+    n_layer = 4
+    model = GPT(GPTConfig(vocab_size=2048, block_size=256, n_layer=n_layer, n_head=4, n_embd=256))
+    checked = 0
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif ".ln_" in name or name.startswith("transformer.ln_f"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            want = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+            assert p.std().item() == pytest.approx(want, rel=0.02), name
+            assert abs(p.mean().item()) < 5 * want / math.sqrt(p.numel()), name
+            checked += 1
+    assert checked == 2 + 4 * n_layer  # wte (= lm_head), wpe, and c_attn, attn.c_proj, c_fc, mlp.c_proj per block
