@@ -16,13 +16,13 @@ Shape legend:
 
 import dataclasses
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
 from lora.checks import check_int
-from lora.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize, num_dq_blocks
+from lora.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize
+from lora.nf4_checks import check_blocksize, check_nf4_weight, check_scales, check_weight
 
 DEFAULT_CHUNK = 2**22  # weights quantised per step: bounds the temporaries (about 16 bytes per weight)
 
@@ -70,25 +70,6 @@ def _table(name, device):
     if key not in _ON_DEVICE:
         _ON_DEVICE[key] = {"midpoints": _MIDPOINTS, "byte_levels": _BYTE_LEVELS}[name].to(device)
     return _ON_DEVICE[key]
-
-
-def check_blocksize(blocksize):
-    """Raise ValueError unless `blocksize` is a positive even integer (a block must end on a byte)."""
-    if check_int("blocksize", blocksize) % 2:
-        raise ValueError(f"blocksize={blocksize!r}: must be a positive even integer, e.g. 64")
-
-
-def _check_weight(weight):
-    if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if not weight.is_floating_point():
-        raise ValueError(f"weight dtype {weight.dtype} is not floating point; NF4 quantises float tensors")
-    if weight.numel() == 0:
-        raise ValueError(f"weight of shape {tuple(weight.shape)} is empty; nothing to quantise")
-    finite = torch.isfinite(weight)
-    if not finite.all():
-        bad = weight.detach().reshape(-1)[~finite.reshape(-1)]
-        raise ValueError(f"weight has {bad.numel()} non-finite values (first: {bad[0].item()}); NaN and inf cannot be scaled")
 
 
 def _as_blocks(flat, blocksize):
@@ -195,7 +176,7 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
         ValueError: non-tensor, non-float, empty or non-finite weight; bad blocksize or chunk_size.
     """
     check_blocksize(blocksize)
-    _check_weight(weight)
+    check_weight(weight)
     if check_int("chunk_size", chunk_size) % blocksize:
         raise ValueError(f"chunk_size={chunk_size!r}: must be a positive multiple of blocksize={blocksize}")
     n = weight.numel()
@@ -215,41 +196,9 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
     if double_quant:
         q, scale, mean = double_quantize(absmax, DQ_BLOCKSIZE)
         fields = dict(absmax=None, absmax_q=q, absmax_scale=scale, absmax_mean=mean)
-    return NF4Weight(packed=packed, shape=tuple(weight.shape), dtype=weight.dtype, blocksize=blocksize, **fields)
-
-
-def _require(cond, message):
-    if not cond:
-        raise ValueError(f"inconsistent NF4Weight: {message}")
-
-
-def check_nf4_weight(q):
-    """Raise ValueError unless q's stored tensors fit its recorded shape, dtype and blocksize.
-
-    Catches tampered or mixed-up objects (a truncated `packed`, scales from another tensor) before
-    they turn into a wrong weight or an index error deep in dequantisation.
-    """
-    _require(all(isinstance(t, torch.Tensor) for t in q.tensors().values()), "stored fields must be tensors or None")
-    check_blocksize(q.blocksize)
-    _require(all(isinstance(d, numbers.Integral) and d >= 0 for d in q.shape) and q.numel > 0,
-             f"shape={q.shape!r} must be a tuple of sizes with at least one element")
-    _require(isinstance(q.dtype, torch.dtype) and q.dtype.is_floating_point, f"dtype={q.dtype!r} is not a float dtype")
-    n, nb = q.numel, math.ceil(q.numel / q.blocksize)
-    _require(q.packed.dtype == torch.uint8 and q.packed.numel() == (n + 1) // 2,
-             f"packed has {q.packed.numel()} {q.packed.dtype} values; shape {q.shape} needs {(n + 1) // 2} uint8")
-    if not q.double_quant:
-        _require(q.absmax is not None and q.absmax.dtype == torch.float32 and q.absmax.numel() == nb,
-                 f"absmax must be {nb} float32 values (one per block of {q.blocksize}), got "
-                 f"{None if q.absmax is None else (q.absmax.numel(), q.absmax.dtype)}")
-        return
-    nq = num_dq_blocks(nb, q.dq_blocksize)
-    _require(q.absmax is None, "absmax and absmax_q are both set; keep one")
-    _require(q.absmax_q.dtype == torch.int8 and q.absmax_q.numel() == nb,
-             f"absmax_q has {q.absmax_q.numel()} {q.absmax_q.dtype} values; {nb} int8 expected")
-    _require(q.absmax_scale is not None and q.absmax_scale.dtype == torch.float32 and q.absmax_scale.numel() == nq,
-             f"absmax_scale must be {nq} float32 values (one per {q.dq_blocksize} constants)")
-    _require(q.absmax_mean is not None and q.absmax_mean.dtype == torch.float32 and q.absmax_mean.numel() == 1,
-             "absmax_mean must be one float32 value")
+    out = NF4Weight(packed=packed, shape=tuple(weight.shape), dtype=weight.dtype, blocksize=blocksize, **fields)
+    check_scales(out)  # e.g. the mean of huge constants can overflow float32
+    return out
 
 
 def dequantized_absmax(q):
@@ -259,16 +208,18 @@ def dequantized_absmax(q):
     return double_dequantize(q.absmax_q, q.absmax_scale, q.absmax_mean, q.dq_blocksize)
 
 
-def dequantize_nf4(q, dtype=None):
+def dequantize_nf4(q, dtype=None, check_values=True):
     """ŵ = level[code] · absmax, reshaped to the original shape (QLoRA §3).
 
     Args:
         q: an NF4Weight from quantize_nf4.
         dtype: output dtype; the original dtype when None. The product is formed in float32 and then cast.
+        check_values: also refuse NaN/inf or negative scales (see check_nf4_weight).
     Raises:
-        ValueError: the stored tensors do not fit the recorded shape and blocksize.
+        ValueError: the stored tensors do not fit the recorded shape and blocksize, or a scale is
+            not finite.
     """
-    check_nf4_weight(q)
+    check_nf4_weight(q, values=check_values)
     n = q.numel
     # one table lookup per byte yields both of its levels. The (256, 2) float32 table is read as 256
     # int64 pairs, so each lookup copies one 8-byte element: several times faster on a CPU than

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, dequantize_nf4, quantize_nf4
+from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, check_scales, dequantize_nf4, quantize_nf4
 from lora.targets import resolve_targets, set_module
 
 _FIELDS = ("packed", "absmax", "absmax_q", "absmax_scale", "absmax_mean")  # NF4Weight tensors, stored as buffers
@@ -90,8 +90,18 @@ class LinearNF4(nn.Module):
                          blocksize=self.blocksize, dq_blocksize=self.dq_blocksize)
 
     def dequantize_weight(self, dtype=None):
-        """dequant(W), (d_out, d_in), in `dtype` (the original weight dtype when None)."""
-        return dequantize_nf4(self.weight_q, dtype=dtype)
+        """dequant(W), (d_out, d_in), in `dtype` (the original weight dtype when None).
+
+        The scales' values were checked when the layer was built or loaded, so this per-forward call
+        skips reading them back (a host sync on a GPU).
+        """
+        return dequantize_nf4(self.weight_q, dtype=dtype, check_values=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state dict is a file's content: refuse NaN/inf or negative scales before they are copied in
+        check_scales({f: state_dict[prefix + "weight_" + f] for f in _FIELDS if prefix + "weight_" + f in state_dict},
+                     where=f"state dict of {prefix.rstrip('.') or type(self).__name__}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def num_quantized_parameters(self):
         """The logical number of weights, d_out · d_in (packing two per byte does not halve it)."""
@@ -152,7 +162,9 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
         (bytes_before, bytes_after): model_weight_bytes before and after the swap.
     Raises:
         ValueError: bad targets; the model already has LoRA adapters; a targeted weight is shared with
-            another module (a tied output head), since quantising it would keep the float copy too.
+            another module (a tied output head), since quantising it would keep the float copy too; a
+            weight that cannot be quantised (NaN/inf, beyond float32), named by its layer. Every layer is
+            quantised before any is swapped in, so on any error the model is left exactly as it was.
     """
     if any(hasattr(m, "lora_A") for m in model.modules()):
         raise ValueError("the model already has LoRA adapters; quantise the base model first, then apply LoRA")
@@ -165,7 +177,13 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
             raise ValueError(f"target {name!r}: its weight is shared by {owners[id(module.weight)]} (tied); "
                              "quantising it would break the tie and keep a float copy, so leave it out of targets")
     before = model_weight_bytes(model)
+    staged = []  # all-or-nothing: quantise every layer first, swap them in only when all succeeded
     for name, module in chosen:
         if isinstance(module, nn.Linear):
-            set_module(model, name, LinearNF4.from_linear(module, blocksize, double_quant, compute_dtype))
+            try:
+                staged.append((name, LinearNF4.from_linear(module, blocksize, double_quant, compute_dtype)))
+            except ValueError as e:
+                raise ValueError(f"cannot quantise {name!r}: {e}; the model was left unchanged") from None
+    for name, layer in staged:
+        set_module(model, name, layer)
     return before, model_weight_bytes(model)

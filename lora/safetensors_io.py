@@ -12,6 +12,7 @@ Files are written through lora.files.atomic_write, so a crash never leaves half 
 """
 
 import json
+import math
 import os
 import struct
 import sys
@@ -44,14 +45,18 @@ def save_file(tensors, path, metadata=None):
         ValueError: a name that is not a str, a value that is not a tensor, or an unsupported dtype.
     """
     header, blobs, offset = {}, [], 0
-    if metadata:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if metadata is not None:
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise ValueError(f"safetensors metadata must map str to str, got {metadata!r}")
-        header["__metadata__"] = dict(metadata)
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+    if not isinstance(tensors, dict):
+        raise ValueError(f"tensors must be a dict name -> torch.Tensor, got {type(tensors).__name__}")
+    bad = [name for name in tensors if not isinstance(name, str) or name == "__metadata__"]
+    if bad:
+        raise ValueError(f"tensor name {bad[0]!r} is not allowed; names are strings other than '__metadata__'")
     for name in sorted(tensors):
         t = tensors[name]
-        if not isinstance(name, str) or name == "__metadata__":
-            raise ValueError(f"tensor name {name!r} is not allowed; names are strings other than '__metadata__'")
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"value for {name!r} is a {type(t).__name__}, expected a torch.Tensor")
         if t.dtype not in _NAMES:
@@ -69,8 +74,23 @@ def save_file(tensors, path, metadata=None):
             f.write(data)
 
 
+def _no_duplicates(pairs):
+    """json object hook: a key given twice would let the second silently hide the first."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
 def read_header(path):
-    """Return (header dict, byte offset where the data starts) after checking the header's framing."""
+    """Return (header dict, byte offset where the data starts) after checking the header's framing.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a header that does not fit the file, is not a JSON object (deeply nested JSON
+            included: the parser's RecursionError is turned into this), repeats a key, or has a
+            `__metadata__` that is not a str -> str object.
+    """
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -81,12 +101,49 @@ def read_header(path):
         if n > min(_MAX_HEADER, size - 8):
             raise ValueError(f"{path}: header length {n} does not fit in a file of {size} bytes (truncated or corrupted)")
         try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: header is not valid JSON ({e})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: header is JSON nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: header is a {type(header).__name__}, expected a JSON object")
+    metadata = header.get("__metadata__") or {}  # the reference reads null as no metadata
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError(f"{path}: __metadata__={metadata!r} must be an object mapping strings to strings")
     return header, 8 + n
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry(path, name, info):
+    """One header entry -> (dtype, shape, begin, end), refusing every loose type.
+
+    A shape [2.9] or [true] is refused, not read as 2 or 1: a header is data from a file, and
+    coercing it would load a tensor of another size than the file describes.
+    """
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise ValueError(f"{path}: entry {name!r} is malformed: {info!r}; "
+                         "expected an object with 'dtype', 'shape' and 'data_offsets'")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {sorted(_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+        raise ValueError(f"{path}: tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise ValueError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] integers")
+    return _DTYPES[dtype], shape, offsets[0], offsets[1]
+
+
+def header_shapes(path):
+    """{name: (dtype, shape)} of every tensor in the file, read from its checked header only.
+
+    Lets a caller compare sizes with what it expects before it allocates anything or reads the data.
+    """
+    header, _ = read_header(path)
+    return {name: _entry(path, name, info)[:2] for name, info in header.items() if name != "__metadata__"}
 
 
 def load_file(path):
@@ -96,27 +153,20 @@ def load_file(path):
         (tensors, metadata): metadata is the "__metadata__" dict, or {} when absent.
     Raises:
         FileNotFoundError: no such file.
-        ValueError: truncated or corrupted file, unknown dtype, offsets that overlap, leave gaps or
-            disagree with the shape; the message names the file and the offending tensor.
+        ValueError: truncated or corrupted file, unknown dtype, a shape or offset that is not an
+            integer, offsets that overlap, leave gaps or disagree with the shape; the message names
+            the file and the offending tensor.
     """
     header, start = read_header(path)
     with open(path, "rb") as f:
         f.seek(start)
         buf = bytearray(f.read())
-    metadata = header.pop("__metadata__", {}) or {}
+    metadata = header.pop("__metadata__", None) or {}
     entries = []
     for name, info in header.items():
-        try:
-            dtype, shape, (begin, end) = _DTYPES[info["dtype"]], [int(s) for s in info["shape"]], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"{path}: entry {name!r} is malformed: {info!r}") from None
-        numel = 1
-        for s in shape:
-            if s < 0:
-                raise ValueError(f"{path}: tensor {name!r} has a negative dimension in shape {shape}")
-            numel *= s
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(buf)):
+        dtype, shape, begin, end = _entry(path, name, info)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if not 0 <= begin <= end <= len(buf):
             raise ValueError(f"{path}: tensor {name!r} has offsets {[begin, end]} outside the {len(buf)}-byte data (truncated?)")
         if end - begin != nbytes:
             raise ValueError(f"{path}: tensor {name!r} spans {end - begin} bytes but {info['dtype']}{shape} needs {nbytes}")
@@ -135,3 +185,16 @@ def load_file(path):
         t = torch.frombuffer(chunk, dtype=torch.uint8) if chunk else torch.empty(0, dtype=torch.uint8)
         tensors[name] = t.view(dtype).reshape(shape)
     return tensors, dict(metadata)
+
+
+def check_finite(tensors, path):
+    """Raise ValueError naming the first floating-point tensor of `tensors` with a NaN or inf, and `path`.
+
+    For loaders: a weight file from elsewhere may hold non-finite values, which would otherwise flow
+    silently into every output computed from them.
+    """
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            raise ValueError(f"{os.fspath(path)}: tensor {name!r} has {bad} non-finite value(s) (NaN or inf)")
+    return tensors

@@ -88,7 +88,8 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, train_config=None, r
     Returns:
         The path written.
     Raises:
-        ValueError: a value that weights_only loading could not read back (named by its key path).
+        ValueError: a value that weights_only loading could not read back (named by its key path), or a
+            model or optimizer tensor holding NaN or inf; nothing is written then.
     """
     payload = {
         "format": FORMAT, "version": VERSION, "step": int(step),
@@ -100,6 +101,7 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, train_config=None, r
     }
     payload["checksum"] = _digest(payload)  # also rejects values weights_only could not load
     path = checkpoint_path(path)
+    check_parts(payload, path)  # never write a checkpoint that loading would refuse (NaN or inf in a tensor)
     if rank_world()[0] != 0:
         return path
     with atomic_write(path) as f:
@@ -148,7 +150,8 @@ def read_checkpoint(path):
 
     Raises:
         FileNotFoundError: no file at the path.
-        ValueError: truncated, corrupted, or not a minigpt checkpoint.
+        ValueError: truncated, corrupted, not a minigpt checkpoint, a part of the wrong type, or a
+            model or optimizer tensor holding NaN or inf (see check_parts).
     """
     path = checkpoint_path(path)
     if not os.path.isfile(path):
@@ -166,7 +169,52 @@ def read_checkpoint(path):
         raise ValueError(f"{path}: checkpoint lacks {missing}")
     if _digest(ckpt) != ckpt["checksum"]:
         raise ValueError(f"{path}: checksum mismatch, the file is corrupted")
+    check_parts(ckpt, path)
     return ckpt
+
+
+def _part(ok, path, part, value, want):
+    if not ok:
+        raise ValueError(f"{path}: checkpoint part {part!r} is {type(value).__name__} {value!r:.60}; expected {want}")
+
+
+def _is_tensor_dict(d):
+    return isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def check_parts(ckpt, path="checkpoint"):
+    """Raise ValueError naming the first part of a checkpoint dict with the wrong type or a NaN/inf tensor.
+
+    A checksum only proves the file is what its writer wrote; a hand-made file can carry a valid one.
+    """
+    step = ckpt["step"]
+    _part(isinstance(step, int) and not isinstance(step, bool) and step >= 0, path, "step", step, "an int >= 0")
+    _part(_is_tensor_dict(ckpt["model"]), path, "model", ckpt["model"], "a dict of name -> tensor")
+    _part(isinstance(ckpt["trainable_only"], bool), path, "trainable_only", ckpt["trainable_only"], "True or False")
+    opt = ckpt["optimizer"]
+    _part(opt is None or isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+          and isinstance(opt.get("param_groups"), list)
+          and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])
+          and all(isinstance(i, int) and isinstance(st, dict) for i, st in opt["state"].items()),
+          path, "optimizer", opt, "None or an optimizer state_dict {'state': {int: {...}}, 'param_groups': [...]}")
+    rng = ckpt["rng"]
+    _part(rng is None or isinstance(rng, dict) and isinstance(rng.get("torch"), list)
+          and isinstance(rng.get("cuda"), list) and all(isinstance(t, torch.Tensor) for t in rng["torch"])
+          and (rng.get("batch") is None or isinstance(rng["batch"], torch.Tensor)),
+          path, "rng", rng, "None or {'torch': [tensor], 'cuda': [...], 'batch': tensor or None}")
+    for part in ("train_config", "model_config", "history", "extra"):
+        _part(isinstance(ckpt[part], dict), path, part, ckpt[part], "a dict")
+    history = ckpt["history"]
+    _part(all(isinstance(history.get(k, []), list) for k in ("train_losses", "val_losses"))
+          and isinstance(history.get("tokens_seen", 0), int), path, "history", history,
+          "{'train_losses': list, 'val_losses': list, 'tokens_seen': int}")
+    tensors = [(f"model/{n}", t) for n, t in ckpt["model"].items()]
+    if opt is not None:
+        tensors += [(f"optimizer/state/{i}/{k}", t) for i, st in opt["state"].items()
+                    for k, t in st.items() if isinstance(t, torch.Tensor)]
+    for name, t in tensors:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{path}: tensor {name} holds NaN or inf; a checkpoint must be finite")
 
 
 def _diff(saved, current, ignore=()):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lora.checks import check_float, check_int
+from lora.checks import check_bool, check_float, check_int
 from minigpt import generation
 
 
@@ -38,6 +38,7 @@ class GPTConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         check_float("GPTConfig.dropout", self.dropout, 0.0, 1.0, low_open=False)
+        check_bool("GPTConfig.bias", self.bias)  # bias="false" is truthy: it would build biases
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -158,8 +159,16 @@ class GPT(nn.Module):
         """(B, T) token ids -> (logits (B, T, V), mean cross-entropy or None).
 
         Targets equal to -1 are ignored by the loss (padding, or positions with no next token).
+        Raises:
+            ValueError: idx or targets not a (B, T) integer tensor, targets of another shape than idx,
+                T of 0 or above block_size, an id outside [0, vocab_size) (targets: or -1), or
+                targets that are all -1 (a mean over no tokens). The range checks read the ids back,
+                so compiled code skips them.
         """
         self._check_ids(idx, "idx")
+        if targets is not None:
+            self._check_ids(targets, "targets", ignore=-1, like=idx)
+            targets = targets.long()  # cross_entropy wants int64 class indices
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
@@ -171,26 +180,32 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, C) -> (B, T, V)
         if targets is None:
             return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(f"targets shape {tuple(targets.shape)} must equal idx shape {tuple(idx.shape)}")
         # the loss is computed in float32 even when the forward ran under bf16 autocast
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def _check_ids(self, idx, name):
+    def _check_ids(self, idx, name, ignore=None, like=None):
+        """idx must be a (B, T) int64/int32 tensor (of `like`'s shape) with ids in [0, V), or == `ignore`."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"{name} must be a (B, T) tensor of int64 token ids, got {got}")
+        if like is not None and idx.shape != like.shape:
+            raise ValueError(f"{name} shape {tuple(idx.shape)} must equal idx shape {tuple(like.shape)}")
         T, V = idx.size(1), self.config.vocab_size
         if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+            raise ValueError(f"{name}: sequence length {T} exceeds block_size {self.config.block_size}")
+        if T == 0:
+            raise ValueError(f"{name} of shape {tuple(idx.shape)} holds no tokens; give at least one per row")
         # reading min/max back is a host sync and a torch.compile graph break, so compiled code skips it
         # (an out-of-range id then fails inside the embedding instead, with a less helpful message)
         if idx.numel() and not torch.compiler.is_compiling():
             lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= V:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"token id {bad} is outside the vocabulary [0, {V})")
+            if hi == ignore:
+                raise ValueError(f"{name}: every entry is {ignore} (ignored), so the mean loss is over no tokens")
+            if (lo < 0 and lo != ignore) or hi >= V:
+                bad = hi if hi >= V else lo
+                allowed = f"[0, {V})" + ("" if ignore is None else f" or {ignore} (ignored)")
+                raise ValueError(f"{name}: token id {bad} is outside the vocabulary {allowed}")
 
     def forward_cached(self, idx, cache):
         """Generation's forward: (B, T) new ids at positions cache.length... -> logits (B, V) of the last one.

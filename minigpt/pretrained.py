@@ -27,8 +27,9 @@ import pathlib
 
 import torch
 
+from lora.checks import check_int
 from lora.files import atomic_write
-from lora.safetensors_io import load_file, save_file
+from lora.safetensors_io import check_finite, header_shapes, load_file, save_file
 from minigpt.download import cache_dir as default_cache_dir
 from minigpt.download import download
 from minigpt.model import GPT, GPTConfig
@@ -53,16 +54,20 @@ def config_from_hf(hf, dropout=0.0):
     0 by default because fine-tuning usually runs without it.
     """
     c = {**HF_DEFAULTS, **hf}
+    block_size = hf.get("n_positions", hf.get("n_ctx", HF_DEFAULTS["n_positions"]))
+    for name, value in (("vocab_size", c["vocab_size"]), ("n_positions", block_size), ("n_embd", c["n_embd"]),
+                        ("n_layer", c["n_layer"]), ("n_head", c["n_head"])):
+        check_int(name, value)  # 12.0, "12" or true are refused, not coerced
     exact = dict(model_type="gpt2", layer_norm_epsilon=1e-5, scale_attn_weights=True,
                  scale_attn_by_inverse_layer_idx=False, add_cross_attention=False)
-    bad = [f"{k}={c[k]!r} (need {v!r})" for k, v in exact.items() if c[k] != v]
+    # compared with their types: 1 == True and 1e-5 == 1e-5 as a str differ only in type
+    bad = [f"{k}={c[k]!r} (need {v!r})" for k, v in exact.items() if type(c[k]) is not type(v) or c[k] != v]
     if c["activation_function"] not in ("gelu_new", "gelu_pytorch_tanh"):  # both are GELU's tanh approximation
         bad.append(f"activation_function={c['activation_function']!r} (need 'gelu_new')")
-    if c["n_inner"] not in (None, 4 * c["n_embd"]):
+    if c["n_inner"] is not None and (type(c["n_inner"]) is not int or c["n_inner"] != 4 * c["n_embd"]):
         bad.append(f"n_inner={c['n_inner']!r} (need None or 4 * n_embd = {4 * c['n_embd']})")
     if bad:
         raise ValueError("GPT-2 config not supported by minigpt's GPT: " + ", ".join(bad))
-    block_size = hf.get("n_positions", hf.get("n_ctx", HF_DEFAULTS["n_positions"]))
     return GPTConfig(vocab_size=c["vocab_size"], block_size=block_size, n_layer=c["n_layer"], n_head=c["n_head"],
                      n_embd=c["n_embd"], dropout=dropout, bias=True)
 
@@ -129,17 +134,44 @@ def load_hf_weights(model, path):
     """Copy the weights of a HF GPT-2 model.safetensors into `model`, all checked before any is copied.
 
     Raises:
-        ValueError: truncated or corrupted file, or any tensor missing, unexpected, mis-shaped or of a
-            non-float dtype; the message lists them all and `model` is unchanged.
+        ValueError: truncated or corrupted file, any tensor missing, unexpected, mis-shaped or of a
+            non-float dtype (the message lists them all), or a tensor holding NaN or inf (named with
+            the file); `model` is unchanged.
     """
     tensors, _ = load_file(path)
     state, lm_head, duplicates = _from_hf_layout(tensors)
     _check_state(model, state, lm_head, duplicates, path)
+    check_finite(tensors, path)
     params = model.state_dict()
     with torch.no_grad():
         for name, t in state.items():
             params[name].copy_(t)  # casts to the model's dtype and device
     return model
+
+
+def check_config_fits_file(config, path):
+    """Compare a config's sizes with the shapes in a weights file's header, before any model is built.
+
+    A config.json that asks for huge sizes would otherwise allocate the model (or build a million
+    blocks) before the weights file gets a say. The embedding tables fix vocab_size, block_size and
+    n_embd, and the "h.N." keys fix n_layer, so a model that passes is about as large as the file.
+
+    Raises:
+        ValueError: naming the config field, its value and what the file holds.
+    """
+    shapes = {k.removeprefix("transformer."): shape for k, (_, shape) in header_shapes(path).items()}
+    problems = []
+    for key, want in (("wte.weight", ("vocab_size", "n_embd")), ("wpe.weight", ("block_size", "n_embd"))):
+        if key not in shapes:
+            problems.append(f"the file has no {key}")
+        elif list(shapes[key]) != [getattr(config, f) for f in want]:
+            problems.append(f"{key} is {shapes[key]} in the file, but the config's ({', '.join(want)}) are "
+                            f"{[getattr(config, f) for f in want]}")
+    layers = {k.split(".")[1] for k in shapes if k.startswith("h.")}
+    if len(layers) != config.n_layer or layers != {str(i) for i in range(len(layers))}:
+        problems.append(f"the file holds {len(layers)} blocks (h.N.*), but the config has n_layer={config.n_layer}")
+    if problems:
+        raise ValueError(f"{path} does not fit its config: " + "; ".join(problems))
 
 
 def _read_config(path):
@@ -180,7 +212,9 @@ def load_pretrained(name_or_dir, cache_dir=None, dropout=0.0):
     Returns:
         GPT on the CPU in float32.
     Raises:
-        ValueError: unknown name, unsupported config, or weights that do not fit it (see load_hf_weights).
+        ValueError: unknown name, unsupported config (sizes that are not integers included), a config
+            whose sizes disagree with the weights file's header, or weights that do not fit it or hold
+            NaN or inf (see load_hf_weights).
         FileNotFoundError: the folder lacks config.json or model.safetensors.
         minigpt.download.DownloadError: a download failed.
     """
@@ -198,6 +232,7 @@ def load_pretrained(name_or_dir, cache_dir=None, dropout=0.0):
         config = config_from_hf(_read_config(folder / "config.json"), dropout=dropout)
     except ValueError as e:
         raise ValueError(f"{folder / 'config.json'}: {e}") from None
+    check_config_fits_file(config, folder / "model.safetensors")  # before any allocation
     with torch.device("meta"):
         model = GPT(config)
     assert not list(model.buffers()), "buffers would stay uninitialised after to_empty"

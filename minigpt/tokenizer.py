@@ -12,6 +12,7 @@
 with the model: a different text gives different ids).
 """
 
+import numbers
 import pathlib
 
 import tiktoken
@@ -32,12 +33,26 @@ _GPT2_PAT_STR = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+
 
 
 def _as_ids(ids):
-    """Accept a list/tuple of ints or a 1-D integer tensor; return a list of Python ints."""
+    """Accept a list/tuple of ints or a 1-D integer tensor; return a list of Python ints.
+
+    Nothing is coerced: 3.0, "3" and True are refused, since int() would turn them into some id.
+    """
     if isinstance(ids, torch.Tensor):
-        if ids.dim() != 1 or ids.is_floating_point():
-            raise ValueError(f"expected a 1-D integer tensor of ids, got shape {tuple(ids.shape)} {ids.dtype}")
+        if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"expected a 1-D integer tensor of ids, got shape {tuple(ids.shape)} {ids.dtype}")
         return ids.tolist()
+    if not isinstance(ids, (list, tuple, range)):
+        raise TypeError(f"ids must be a list or tuple of ints or a 1-D integer tensor, got {type(ids).__name__}")
+    for i in ids:
+        if not isinstance(i, numbers.Integral) or isinstance(i, bool):
+            raise TypeError(f"token id {i!r} is a {type(i).__name__}; ids are integers")
     return [int(i) for i in ids]
+
+
+def _check_text(text):
+    if not isinstance(text, str):
+        raise TypeError(f"encode needs a str, got {type(text).__name__}: {text!r:.80}")
+    return text
 
 
 def _check_range(ids, vocab_size, name):
@@ -53,7 +68,7 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text):
-        return list(text.encode("utf-8"))
+        return list(_check_text(text).encode("utf-8"))
 
     def decode(self, ids):
         """Ids -> text. A byte sequence cut mid-character (common when sampling) decodes to U+FFFD."""
@@ -72,7 +87,7 @@ class CharTokenizer:
 
     def __init__(self, chars):
         chars = list(chars)
-        if not chars or len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+        if not chars or any(not isinstance(c, str) or len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
             raise ValueError("CharTokenizer needs a non-empty sequence of distinct single characters")
         self.chars = chars
         self.vocab_size = len(chars)
@@ -81,13 +96,13 @@ class CharTokenizer:
     @classmethod
     def from_text(cls, text):
         """Vocabulary = sorted(set(text)), as nanoGPT's data/shakespeare_char/prepare.py builds it."""
-        if not text:
+        if not _check_text(text):
             raise ValueError("CharTokenizer.from_text needs a non-empty text")
         return cls(sorted(set(text)))
 
     def encode(self, text):
         try:
-            return [self.stoi[c] for c in text]
+            return [self.stoi[c] for c in _check_text(text)]
         except KeyError as e:
             raise ValueError(f"character {e.args[0]!r} is not in this CharTokenizer's {self.vocab_size}-character "
                              "vocabulary; use the byte tokenizer for arbitrary text") from None
@@ -122,7 +137,7 @@ class GPT2Tokenizer:
         self.eot_token = encoding.eot_token  # 50256
 
     def encode(self, text):
-        return self.encoding.encode_ordinary(text)
+        return self.encoding.encode_ordinary(_check_text(text))
 
     def decode(self, ids):
         """Ids -> text; bytes that are not valid UTF-8 (a token split mid-character) become U+FFFD."""

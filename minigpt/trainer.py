@@ -15,6 +15,7 @@ Shape legend: B batch_size (global micro-batch), k grad_accum_steps, W processes
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -75,10 +76,16 @@ class TrainConfig:
                 check_int(f"TrainConfig.{f.name}", value, least=int(f.name in POSITIVE))
             elif f.type is bool:
                 check_bool(f"TrainConfig.{f.name}", value)
-        # AdamW itself rejects betas outside [0, 1) and a negative weight_decay with a ValueError
+        # finite numbers only: lr=inf or a NaN beta would train on and write non-finite weights
         check_float("TrainConfig.lr", self.lr)
         check_float("TrainConfig.min_lr", self.min_lr, 0.0, self.lr, low_open=False, high_open=False)
-        check_float("TrainConfig.grad_clip", self.grad_clip, low_open=False)
+        for name in ("grad_clip", "weight_decay"):
+            check_float(f"TrainConfig.{name}", getattr(self, name), low_open=False)
+        for name in ("beta1", "beta2"):
+            check_float(f"TrainConfig.{name}", getattr(self, name), 0.0, 1.0, low_open=False)
+        for name in ("out", "metrics_path"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be None or a path")
         check_choice("TrainConfig.device", self.device, DEVICES)
 
 
@@ -135,8 +142,17 @@ def _resolve(cfg, model, world):
     return replace(cfg, block_size=block, lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
 
 
-def _optimizer_step(fwd, optimizer, data, generator, cfg, device):
-    """One optimizer step on a fresh global batch; returns its mean loss over all processes."""
+class NonFiniteLossError(ValueError):
+    """The loss or the gradient norm of a step is NaN or inf; training stopped before that step's update."""
+
+
+def _optimizer_step(fwd, optimizer, data, generator, cfg, device, step=0):
+    """One optimizer step on a fresh global batch; returns its mean loss over all processes.
+
+    Raises:
+        NonFiniteLossError: the loss (or, with clipping, the gradient norm) is not finite; the
+            parameters are left as they were before this step.
+    """
     (rank, world), k = rank_world(), cfg.grad_accum_steps
     x, y = get_batch(data, cfg.batch_size * k, cfg.block_size, generator=generator, device=device)  # (B*k, T)
     share = x.size(0) // world  # this process's contiguous slice of the global batch
@@ -149,14 +165,25 @@ def _optimizer_step(fwd, optimizer, data, generator, cfg, device):
                 _, loss = fwd(xb, yb)
             (loss / k).backward()  # gradients add up: the mean over all k micro-batches
         total += loss.detach() / k
+    if world > 1:
+        dist.all_reduce(total)  # a SUM: gloo has no AVG; every process then sees the same value
+        total /= world
+    loss = total.item()  # the one host sync of a step
+    _check_finite("loss", loss, step, optimizer, cfg)
     if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        _check_finite("gradient norm", norm.item(), step, optimizer, cfg)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if world > 1:
-        dist.all_reduce(total)  # a SUM: gloo has no AVG
-        total /= world
-    return total.item()
+    return loss
+
+
+def _check_finite(what, value, step, optimizer, cfg):
+    if not math.isfinite(value):
+        optimizer.zero_grad(set_to_none=True)
+        kept = f"the last checkpoint in {cfg.out} is the last good one" if cfg.out else "no checkpoint written"
+        raise NonFiniteLossError(f"optimizer step {step + 1}: the {what} is {value}; training stopped before updating "
+                                 f"the weights ({kept}). Try a lower lr (now {cfg.lr}) or check the data")
 
 
 class _Run:
@@ -205,7 +232,7 @@ class _Run:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr / cfg.lr
         t0 = time.perf_counter()
-        loss = _optimizer_step(self.fwd, self.optimizer, train_data, self.generator, cfg, self.device)
+        loss = _optimizer_step(self.fwd, self.optimizer, train_data, self.generator, cfg, self.device, step)
         dt = time.perf_counter() - t0
         self.step_time += dt
         tokens = cfg.batch_size * cfg.grad_accum_steps * cfg.block_size
@@ -274,6 +301,8 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
         TrainResult.
     Raises:
         ValueError: bad config or data, or a checkpoint that does not fit (see load_checkpoint).
+        NonFiniteLossError: a step's loss or gradient norm is NaN or inf (a ValueError naming the step);
+            the weights keep that step's starting values and no checkpoint is written after it.
     """
     cfg = _resolve(cfg, model, rank_world()[1])
     with fitted_threads(model, cfg.threads) as choice:

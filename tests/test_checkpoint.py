@@ -140,3 +140,57 @@ def test_unloadable_extra_is_rejected_before_writing(saved):
     with pytest.raises(ValueError, match="extra/tokenizer"):
         save_checkpoint(path, tiny_gpt(), extra={"tokenizer": object()})
     assert path.read_bytes() == good
+
+
+def rewrite(path, **changes):
+    """Replace parts of a saved checkpoint and re-sign it, as a hand-made hostile file would."""
+    from minigpt.checkpoint import _digest
+    ckpt = torch.load(path, weights_only=True)
+    ckpt.update(changes)
+    ckpt["checksum"] = _digest(ckpt)
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("part, value", [
+    ("step", "2"), ("step", 2.0), ("step", True), ("step", -1), ("model", [1, 2]), ("model", {"w": 1.0}),
+    ("trainable_only", 0), ("optimizer", "adam"), ("optimizer", {"state": [], "param_groups": []}),
+    ("rng", [1]), ("rng", {"torch": "x", "cuda": [], "batch": None}), ("train_config", None),
+    ("history", {"train_losses": 1.0}), ("extra", "note"),
+])
+def test_checkpoint_part_of_the_wrong_type_is_refused_naming_it(saved, part, value):
+    path, _ = saved
+    rewrite(path, **{part: value})
+    model = tiny_gpt(seed=1)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"checkpoint part '{part}' is"):
+        load_checkpoint(path, model)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_non_finite_tensor_in_checkpoint_is_refused_on_load(saved, where):
+    path, _ = saved
+    ckpt = torch.load(path, weights_only=True)
+    if where == "model":
+        ckpt["model"]["transformer.wpe.weight"][0, 0] = float("nan")
+        name = "model/transformer.wpe.weight"
+    else:
+        ckpt["optimizer"]["state"][0]["exp_avg"][0, 0] = float("inf")
+        name = "optimizer/state/0/exp_avg"
+    rewrite(path, **{where: ckpt[where]})
+    model = tiny_gpt(seed=1)
+    opt = configure_optimizer(model, TrainConfig())
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=f"tensor {name} holds NaN or inf"):
+        load_checkpoint(path, model, opt)
+    assert_unchanged(model, before)
+    assert not opt.state
+
+
+def test_non_finite_model_is_never_written(tmp_path):
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.transformer.ln_f.weight[3] = float("inf")
+    with pytest.raises(ValueError, match="ln_f.weight holds NaN or inf"):
+        save_checkpoint(tmp_path / "ckpt.pt", model)
+    assert not os.listdir(tmp_path)

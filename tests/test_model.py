@@ -143,3 +143,58 @@ def test_gradient_checkpointing_gives_identical_gradients():
     plain, checkpointed = grads(False), grads(True)
     assert plain.keys() == checkpointed.keys()
     assert all(torch.equal(plain[n], checkpointed[n]) for n in plain)
+
+
+@pytest.mark.parametrize("bad", [dict(bias="false"), dict(bias=1), dict(bias=None), dict(n_layer=2.0),
+                                 dict(n_head=True), dict(vocab_size="64"), dict(dropout="0.1"),
+                                 dict(dropout=float("nan")), dict(dropout=True)])
+def test_config_types_are_strict_not_coerced(bad):
+    with pytest.raises(ValueError, match=rf"GPTConfig.{next(iter(bad))}="):
+        GPTConfig(**{**TINY, **bad})
+
+
+@pytest.mark.parametrize("targets, words", [
+    (torch.randint(64, (2, 16)).float(), "targets must be a .* int64"),
+    ([[1, 2]], "targets must be a .*got list"),
+    (torch.randint(64, (2, 15)), r"targets shape \(2, 15\) must equal idx shape \(2, 16\)"),
+    (torch.randint(64, (32,)), "targets must be a"),
+    (torch.full((2, 16), 64), r"targets: token id 64 is outside the vocabulary \[0, 64\) or -1"),
+    (torch.full((2, 16), -2), "targets: token id -2 is outside"),
+    (torch.full((2, 16), -1), "every entry is -1"),
+])
+def test_bad_targets_raise_value_error_naming_them(targets, words):
+    with pytest.raises(ValueError, match=words):
+        tiny_model()(torch.randint(64, (2, 16)), targets)
+
+
+def test_int32_ids_and_targets_give_the_int64_loss():
+    model = tiny_model()
+    idx, targets = torch.randint(64, (2, 16)), torch.randint(64, (2, 16))
+    targets[0, :3] = -1
+    assert torch.equal(model(idx, targets)[1], model(idx.int(), targets.int())[1])
+
+
+def test_empty_sequence_is_refused():
+    with pytest.raises(ValueError, match="holds no tokens"):
+        tiny_model()(torch.zeros((1, 0), dtype=torch.long))
+
+
+def test_gpt2_initialisation_statistics():
+    """std 0.02 on every weight matrix and embedding, 0.02/√(2·n_layer) on the residual projections c_proj,
+    zero biases, LayerNorm at (1, 0) (GPT-2 paper §2.3; nanoGPT). Large enough that a 2% band is tight:
+    the smallest matrix has 65,536 entries, so the sample std's error is about 0.3%."""
+    torch.manual_seed(0)
+    n_layer = 4
+    model = GPT(GPTConfig(vocab_size=2048, block_size=256, n_layer=n_layer, n_head=4, n_embd=256))
+    checked = 0
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            assert torch.count_nonzero(p) == 0, name
+        elif ".ln_" in name or name.startswith("transformer.ln_f"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            want = 0.02 / math.sqrt(2 * n_layer) if name.endswith("c_proj.weight") else 0.02
+            assert p.std().item() == pytest.approx(want, rel=0.02), name
+            assert abs(p.mean().item()) < 5 * want / math.sqrt(p.numel()), name
+            checked += 1
+    assert checked == 2 + 4 * n_layer  # wte (= lm_head), wpe, and c_attn, attn.c_proj, c_fc, mlp.c_proj per block

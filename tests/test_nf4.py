@@ -253,3 +253,75 @@ def test_tampered_object_raises(double_quant, change, match):
     with pytest.raises(ValueError, match=match):
         dequantize_nf4(bad)
     check_nf4_weight(q)  # the untouched object passes
+
+
+# --- hostile values -------------------------------------------------------------------------------
+
+def test_weight_beyond_float32_range_is_refused():
+    with pytest.raises(ValueError, match="beyond float32"):
+        quantize_nf4(torch.tensor([1e300, 1.0] * 32, dtype=torch.float64))
+
+
+def test_scales_that_overflow_in_double_quant_are_refused():
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize_nf4(torch.full((256,), 3e38), double_quant=True)
+
+
+@pytest.mark.parametrize("double_quant, field, value", [
+    (False, "absmax", float("nan")), (False, "absmax", float("inf")), (False, "absmax", -0.5),
+    (True, "absmax_scale", float("nan")), (True, "absmax_scale", -1.0), (True, "absmax_mean", float("inf")),
+])
+def test_non_finite_scale_is_refused_before_dequantising(double_quant, field, value):
+    q = quantize_nf4(torch.randn(96, 640), double_quant=double_quant)
+    bad = getattr(q, field).clone()
+    bad[0] = value
+    tampered = dataclasses.replace(q, **{field: bad})
+    with pytest.raises(ValueError, match=f"{field} holds"):
+        dequantize_nf4(tampered)
+    with pytest.raises(ValueError, match=f"{field} holds"):
+        check_nf4_weight(tampered)
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("absmax", [1.0, 0.5, 0.37, 2.75e-3])
+def test_midpoint_rounding_follows_the_bitsandbytes_tie_rule(absmax):
+    """Values on, and one float32 ulp either side of, every midpoint times the block's absmax.
+
+    bitsandbytes' rule (its kernels compare `x > midpoint`): the code is the number of midpoints the
+    scaled value x·(1/absmax) lies strictly above, so a value exactly on a midpoint takes the lower
+    level. For a power-of-two absmax every scaled value is exact, so exact ties are certain.
+    """
+    a = torch.tensor(absmax, dtype=torch.float32)
+    mids = (LEVELS[:-1] + LEVELS[1:]) / 2
+    around = torch.cat([mids, torch.nextafter(mids, torch.tensor(2.0)), torch.nextafter(mids, torch.tensor(-2.0))])
+    block = torch.cat([a.reshape(1), around * a, torch.zeros(64 - 1 - 45)])  # one full block, its absmax is a
+    codes = unpack_nibbles(quantize_nf4(block).packed)[:64].long()
+    scaled = block * (1.0 / a)  # the rule's scaling (float32 reciprocal, full block)
+    expected = (scaled[:, None] > mids[None, :]).sum(dim=1)
+    assert torch.equal(codes, expected)
+    if absmax in (1.0, 0.5):  # exact ties exist, and went down
+        assert torch.equal(codes[1:16], torch.arange(15)) and torch.equal(codes[16:31], torch.arange(1, 16))
+
+
+def test_double_quant_keeps_one_scale_per_block_of_256_constants():
+    """Each second-level block's error is bounded by its own range, not the whole tensor's.
+
+    Block 0 (constants 0..255) lies within 1e-3 of the mean, block 1 spreads +-5 around it; with one
+    scale for the tensor, block 0's error would be up to 5/254, thousands of times its bound.
+    """
+    g = torch.Generator().manual_seed(0)
+    narrow = 6.0 + 1e-3 * (2 * torch.rand(256, generator=g) - 1)
+    wide = 6.0 + 5.0 * (2 * torch.rand(256, generator=g) - 1)
+    wide = torch.cat([wide[:128], 12.0 - wide[:128]])  # symmetric: the mean stays near 6
+    constants = torch.cat([narrow, wide])
+    weight = torch.zeros(512, 64)
+    weight[:, 0] = constants  # one value per 64-block: that block's absmax
+    q = quantize_nf4(weight, double_quant=True)
+    assert q.absmax_scale.numel() == 2
+    err = (dequantized_absmax(q) - constants).abs()
+    centred = constants - q.absmax_mean
+    for b in range(2):
+        own = centred[256 * b:256 * (b + 1)].abs().max()
+        assert err[256 * b:256 * (b + 1)].max() <= own / 254 * (1 + 1e-5) + 1e-6
+    assert err[:256].max() < 1e-5  # not the tensor's 5/254

@@ -1,5 +1,7 @@
 """LinearNF4 and quantize_model (lora/nf4_linear.py), and QLoRA: LoRALinear over a LinearNF4 base."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn as nn
@@ -199,3 +201,53 @@ def test_qlora_merge_and_unload_gives_dequantized_plus_delta():
     merged = model.transformer.h[0].attn.c_attn
     assert type(merged) is nn.Linear and torch.equal(merged.weight, expected)
     assert torch.allclose(model(idx)[0], logits, atol=1e-5)
+
+
+# --- hostile values and all-or-nothing -------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("absmax", float("nan")), ("absmax", float("inf")), ("absmax", -1.0),
+                                          ("absmax_scale", float("inf")), ("absmax_mean", float("nan"))])
+def test_non_finite_or_negative_scale_is_refused_at_load(tmp_path, field, value):
+    _, layer = make_layer(double_quant=field != "absmax")
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state[f"weight_{field}"].view(-1)[0] = value
+    _, fresh = make_layer(double_quant=field != "absmax")
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(ValueError, match=f"{field} holds"):
+        fresh.load_state_dict(state)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ValueError, match=f"{field} holds"):  # and an NF4Weight holding it cannot build a layer
+        LinearNF4(dataclasses.replace(layer.weight_q, **{field: state[f"weight_{field}"]}))
+
+
+def test_quantize_model_is_all_or_nothing_and_names_the_layer():
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[2, 3] = float("inf")  # a late layer: earlier ones quantise fine
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = {n: type(m) for n, m in model.named_modules()}
+    with pytest.raises(ValueError, match=r"cannot quantise 'transformer.h.1.mlp.c_fc': .*non-finite"):
+        quantize_model(model)
+    assert {n: type(m) for n, m in model.named_modules()} == kinds  # no layer swapped
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # bit-exact
+
+
+@pytest.mark.parametrize("x_grad, bias_grad", [(True, True), (True, False), (False, True)])
+def test_custom_backward_matches_linear_on_the_dequantised_weight(x_grad, bias_grad):
+    """gradcheck in float64 for every input that needs a gradient, and equality with F.linear's gradients."""
+    linear = nn.Linear(D_IN, 8, dtype=torch.float64)
+    with torch.no_grad():
+        linear.bias.normal_()
+    layer = LinearNF4.from_linear(linear)
+    layer.bias.requires_grad_(bias_grad)
+    x = torch.randn(2, 3, D_IN, dtype=torch.float64, requires_grad=x_grad)  # leading dims: bias grad sums them
+    inputs = tuple(t for t, needed in ((x, x_grad), (layer.bias, bias_grad)) if needed)
+    assert torch.autograd.gradcheck(lambda *_: layer(x), inputs)
+    w = layer.dequantize_weight().detach()
+    b = layer.bias.detach().clone().requires_grad_(bias_grad)
+    x2 = x.detach().clone().requires_grad_(x_grad)
+    g = torch.randn(2, 3, 8, dtype=torch.float64)
+    got = torch.autograd.grad(layer(x), inputs, g)
+    want = torch.autograd.grad(F.linear(x2, w, b), tuple(t for t, n in ((x2, x_grad), (b, bias_grad)) if n), g)
+    assert all(torch.allclose(a, e, rtol=0, atol=1e-12) for a, e in zip(got, want, strict=True))

@@ -182,3 +182,44 @@ def test_save_pretrained_refuses_models_gpt2_layout_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="not tied"):
         save_pretrained(untied, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change", [dict(n_layer=2.0), dict(n_embd="16"), dict(n_head=True), dict(vocab_size=50.5),
+                                    dict(n_ctx=12.0), dict(scale_attn_weights=1), dict(layer_norm_epsilon="1e-05"),
+                                    dict(add_cross_attention=0), dict(n_inner=64.0)])
+def test_config_types_are_strict_not_coerced(tmp_path, change):
+    folder = write_gpt2_folder(tmp_path, GPT(GPTConfig(**TINY)))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+    field = next(iter(change)).replace("n_ctx", "n_positions")
+    with pytest.raises(ValueError, match=rf"config.json: .*{field}={change[next(iter(change))]!r}"):
+        pretrained.load_pretrained(folder)
+
+
+@pytest.mark.parametrize("change", [dict(n_layer=10**9), dict(n_embd=2**20, n_head=2), dict(vocab_size=10**9),
+                                    dict(n_ctx=10**9)])
+def test_config_sizes_are_checked_against_the_file_before_the_model_is_built(tmp_path, monkeypatch, change):
+    folder = write_gpt2_folder(tmp_path, GPT(GPTConfig(**TINY)))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **change}))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the config was checked against the file")
+    monkeypatch.setattr(pretrained, "GPT", no_model)
+    with pytest.raises(ValueError, match="model.safetensors does not fit its config"):
+        pretrained.load_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weight_is_refused_naming_tensor_and_file(tmp_path, value):
+    path = write_gpt2_folder(tmp_path, randomized(GPT(GPTConfig(**TINY)))) / "model.safetensors"
+    tensors, meta = load_file(path)
+    tensors["transformer.h.1.mlp.c_fc.weight"][3, 5] = value
+    save_file(tensors, path, meta)
+    target = GPT(GPTConfig(**TINY))
+    before = snapshot(target)
+    with pytest.raises(ValueError, match=rf"{path}: tensor 'transformer.h.1.mlp.c_fc.weight' has 1 non-finite"):
+        pretrained.load_hf_weights(target, path)
+    assert unchanged(target, before)
+    with pytest.raises(ValueError, match="non-finite"):
+        pretrained.load_pretrained(tmp_path)

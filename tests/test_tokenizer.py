@@ -123,3 +123,40 @@ def test_gpt2_rejects_a_file_with_the_wrong_sha256(tmp_path):
 def test_gpt2_explicit_dir_without_files_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="vocab.bpe"):
         gpt2_tokenizer(tmp_path)
+
+
+def all_tokenizers():
+    """byte and char always; gpt2 when its local files are there."""
+    toks = [get_tokenizer("byte"), get_tokenizer("char", text="abc")]
+    return toks + ([gpt2_tokenizer(GPT2_DIR)] if all((GPT2_DIR / f).is_file() for f in GPT2_FILE_SHA256) else [])
+
+
+@pytest.mark.parametrize("bad", [b"abc", 12, None, ["a", "b"]])
+def test_encode_refuses_non_strings_naming_the_type(bad):
+    for tok in all_tokenizers():
+        with pytest.raises(TypeError, match=f"encode needs a str, got {type(bad).__name__}"):
+            tok.encode(bad)
+
+
+@pytest.mark.parametrize("bad", [[1, 2.0], [1.7], ["1"], [True], [None], torch.tensor([1.0]),
+                                 torch.tensor([True]), "ab", 5, torch.zeros(1, 2, dtype=torch.long)])
+def test_decode_refuses_ids_that_are_not_integers(bad):
+    for tok in all_tokenizers():
+        with pytest.raises(TypeError, match="id|integer"):
+            tok.decode(bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_decode_refuses_ids_outside_the_vocabulary(bad):
+    for tok in all_tokenizers():
+        with pytest.raises(ValueError, match=f"id {bad} is outside the vocabulary"):
+            tok.decode([0, bad])
+        with pytest.raises(ValueError, match=f"id {bad} is outside the vocabulary"):
+            tok.decode(torch.tensor([bad]))
+
+
+def test_char_tokenizer_refuses_non_string_vocabularies():
+    with pytest.raises(ValueError, match="distinct single characters"):
+        CharTokenizer([1, 2])
+    with pytest.raises(TypeError, match="list"):
+        CharTokenizer.from_text(["a", "b"])

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from helpers import FAST, V, corpus, tiny_gpt
+from minigpt.checkpoint import read_checkpoint
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.trainer import TrainConfig, estimate_loss, train
 
@@ -182,3 +184,64 @@ def test_bad_training_inputs_raise():
         train(model, corpus(), None, TrainConfig(**FAST))
     with pytest.raises(ValueError, match="extra"):
         train(tiny_gpt(), corpus(), None, TrainConfig(**FAST), extra={"tokenizer": object()})
+
+
+@pytest.mark.parametrize("bad, word", [
+    (dict(lr=math.inf), "lr"), (dict(lr=math.nan), "lr"), (dict(min_lr=math.nan), "min_lr"),
+    (dict(grad_clip=math.inf), "grad_clip"), (dict(grad_clip=math.nan), "grad_clip"), (dict(beta1=1.0), "beta1"),
+    (dict(beta2=math.nan), "beta2"), (dict(weight_decay=math.inf), "weight_decay"), (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(lr="1e-3"), "lr"), (dict(compile="yes"), "compile"), (dict(resume=1), "resume"), (dict(out=3), "out"),
+])
+def test_non_finite_or_loosely_typed_settings_are_refused(bad, word):
+    with pytest.raises(ValueError, match=f"TrainConfig.{word}="):
+        TrainConfig(**bad)
+
+
+class FailsAt(nn.Module):
+    """tiny_gpt() whose loss (mode "loss") or gradient (mode "grad") becomes non-finite at forward call `at`."""
+
+    def __init__(self, at, mode):
+        super().__init__()
+        self.gpt, self.at, self.mode, self.calls = tiny_gpt(), at, mode, 0
+        self.config = self.gpt.config
+
+    def forward(self, idx, targets=None):
+        self.calls += 1
+        logits, loss = self.gpt(idx, targets)
+        if self.calls == self.at and self.mode == "loss":
+            loss = loss * math.nan
+        elif self.calls == self.at:
+            loss = loss + (logits * 0).sum()
+            logits.register_hook(lambda g: g + math.inf)
+        return logits, loss
+
+
+@pytest.mark.parametrize("mode, what", [("loss", "loss is nan"), ("grad", "gradient norm is")])
+def test_non_finite_step_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mode, what):
+    model = FailsAt(at=4, mode=mode)
+    cfg = TrainConfig(steps=6, eval_interval=0, out=str(tmp_path), checkpoint_interval=2,
+                      metrics_path=str(tmp_path / "m.jsonl"), **FAST)
+    with pytest.raises(ValueError, match=f"optimizer step 4: the {what}") as e:
+        train(model, corpus(), None, cfg)
+    assert str(tmp_path) in str(e.value)
+    ckpt = read_checkpoint(tmp_path)  # the step-2 checkpoint, untouched and finite
+    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the failing step updated nothing
+    assert [json.loads(line)["step"] for line in open(tmp_path / "m.jsonl")] == [1, 2, 3]
+
+
+def test_gradient_is_clipped_before_the_optimizer_step():
+    """The gradient the optimizer sees has norm <= grad_clip (here the raw norm is far above it)."""
+    seen = []
+
+    def before_step(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+
+    handle = register_optimizer_step_pre_hook(before_step)
+    try:
+        train(tiny_gpt(), corpus(), None, TrainConfig(steps=3, eval_interval=0, grad_clip=1e-3, **FAST))
+    finally:
+        handle.remove()
+    assert len(seen) == 3
+    assert all(n == pytest.approx(1e-3, rel=1e-4) for n in seen)  # raw norms are ~1: clipping must have happened

@@ -102,8 +102,26 @@ def _check_base(cfg):
     if cfg.method != "full":
         with torch.device("meta"):  # the architecture only: no memory, no time
             skeleton = GPT(config)
-        plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets))  # rank > width, bad targets
+        chosen = plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets))  # rank, targets
+        _check_untied(skeleton, chosen, cfg)
     return config
+
+
+def _check_untied(skeleton, chosen, cfg):
+    """Refuse targets whose weight is shared with another module (GPT-2's lm_head is wte's matrix).
+
+    Such a run would train and then fail at the end: merging ΔW into a tied matrix unties it (or
+    changes the embedding too), so merged/ cannot be saved in GPT-2's layout, and quantize_model
+    refuses a tied weight for QLoRA. Better to say so before any work starts.
+    """
+    owners = {}
+    for name, p in skeleton.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(p), []).append(name)
+    for name, module in chosen:
+        shared = owners.get(id(module.weight), [])
+        if len(shared) > 1:
+            raise ValueError(f"targets={cfg.targets!r}: {name!r} shares its weight with {shared} (tied); the merged "
+                             "model could not be saved and QLoRA cannot quantise it. Leave it out of --targets")
 
 
 def validate(cfg):

@@ -136,7 +136,9 @@ def test_resume_gives_the_same_losses(files, runs, method):
     cfg = _cfg(files, method, name=f"{method}-resumed")
 
     def interrupt(step, metrics):
-        if step == 25:  # after the checkpoint of step 20
+        if step == 25:  # after the checkpoint of step 20, and in the middle of writing a metrics line
+            with open(pathlib.Path(cfg.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write('{"step": 26, "loss": 1.2')
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -176,6 +178,9 @@ def test_compare_writes_table_and_plot(files):
     (dict(batch_size=-1), "batch_size=-1"),
     (dict(targets="c_nothing"), "c_nothing"),
     (dict(block_size=17), "block_size=17"),
+    (dict(targets="lm_head"), "'lm_head' shares its weight"),
+    (dict(targets="c_attn, lm_head"), "'lm_head' shares its weight"),
+    (dict(targets="lm_head", method="qlora"), "'lm_head' shares its weight"),
 ])
 def test_bad_config_raises_before_anything_is_written(files, change, match):
     cfg = dataclasses.replace(_cfg(files, "lora", name="bad"), **change)
