@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lora.layer import LoRALinear
 from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, dequantize_nf4, quantize_nf4
 from lora.targets import resolve_targets, set_module
 
@@ -154,7 +155,7 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
         ValueError: bad targets; the model already has LoRA adapters; a targeted weight is shared with
             another module (a tied output head), since quantising it would keep the float copy too.
     """
-    if any(hasattr(m, "lora_A") for m in model.modules()):
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters; quantise the base model first, then apply LoRA")
     chosen = resolve_targets(model, targets, types=(nn.Linear, LinearNF4))
     owners = {}

@@ -7,7 +7,7 @@ counts a quantized weight by its logical size, not by the bytes that store it.
 
 import math
 
-from lora.layer import LoRALinear
+from lora.layer import LoRAAdapter
 
 
 def count_parameters(model):
@@ -59,7 +59,7 @@ def lora_plus_param_groups(model, lr, ratio=16, weight_decay=0.0):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value < 0 or (low == "> 0" and value == 0):
             raise ValueError(f"{name}={value!r}: must be a finite number {low}")
-    b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear) and m.lora_B.requires_grad}
+    b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRAAdapter) and m.lora_B.requires_grad}
     if not b_ids:
         raise ValueError(f"{type(model).__name__} has no trainable LoRA parameters; call apply_lora first")
     group_a, group_b = [], []
