@@ -6,7 +6,6 @@ PEFT's own files are in tests/fixtures/peft_gpt2_tiny/, written by tests/fixture
 import copy
 import json
 import pathlib
-import shutil
 import struct
 
 import pytest
