@@ -1,8 +1,9 @@
 """Putting LoRA into any model and taking it out again: apply, freeze, merge, unload, disable.
 
 apply_lora swaps each targeted linear layer for a LoRALinear wrapping it, by name (PEFT's suffix
-rule, see lora.targets), and freezes everything else. Nothing here knows about a particular model:
-LoRA layers are found by type, never by parameter names.
+rule, see lora.targets), and freezes everything else; called again with another adapter_name it
+adds a second adapter to the same or other layers (lora.adapters switches between them). Nothing here
+knows about a particular model: LoRA layers are found by type, never by parameter names.
 
 Why the default targets are ("c_attn",): PEFT's default for GPT-2 is c_attn, the fused q/k/v
 projection. The paper adapts W_q and W_v separately (LoRA §7.1); adapting c_attn also adapts W_k,

@@ -57,12 +57,12 @@ _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 def check_adapter_name(name):
     """An adapter name is a non-empty string of letters, digits, "_" and "-".
 
-    It becomes a module key (no "."), a directory name when saved (no "/"), and must not shadow a
-    method of nn.ModuleDict ("keys", "items", ...).
+    It becomes a module key (no "."), a directory name when saved (no "/"), and must not shadow an
+    attribute of nn.ModuleDict ("keys", "items", "training", ...).
     """
-    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict, name):
+    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict(), name):
         raise ValueError(f"adapter_name={name!r}: use letters, digits, '_' and '-' (e.g. 'default'), "
-                         "not a name of an nn.ModuleDict method")
+                         "not the name of an nn.ModuleDict attribute")
     return name
 
 

@@ -146,7 +146,7 @@ def test_unknown_adapter_name_raises_listing_existing_names(call):
     assert_unchanged(model, before)
 
 
-@pytest.mark.parametrize("name", ["", "a.b", "a/b", "keys", 3, None])
+@pytest.mark.parametrize("name", ["", "a.b", "a/b", "keys", "training", 3, None])
 def test_bad_adapter_name_raises_and_leaves_model_unchanged(name):
     model = two_adapters()
     before = snapshot(model)
