@@ -1,8 +1,12 @@
 """lora: LoRA (Hu et al., 2021) and QLoRA's NF4 (Dettmers et al., 2023) for any PyTorch model."""
 
-from lora.adapter_io import load_adapter, lora_state_dict, read_adapter_config, save_adapter
+from lora.adapter_config import read_adapter_config
+from lora.adapter_io import load_adapter, lora_state_dict, save_adapter
+from lora.adapters import delete_adapter, list_adapters, set_adapter
+from lora.combine import add_weighted_adapter
 from lora.files import atomic_write
 from lora.inject import (
+    active_adapters,
     apply_lora,
     disable_lora,
     lora_layers,
@@ -11,7 +15,7 @@ from lora.inject import (
     merge_lora,
     unmerge_lora,
 )
-from lora.layer import LoRALinear, lora_scaling
+from lora.layer import LoRAAdapter, LoRALinear, lora_scaling
 from lora.nf4 import (
     NF4Weight,
     bits_per_parameter,
@@ -33,6 +37,7 @@ __all__ = ["atomic_write", "load_file", "save_file"]
 __all__ += ["LoRALinear", "lora_scaling", "apply_lora", "disable_lora", "lora_layers", "mark_only_lora_trainable",
             "merge_and_unload", "merge_lora", "unmerge_lora", "count_parameters", "lora_plus_param_groups",
             "trainable_summary", "load_adapter", "lora_state_dict", "read_adapter_config", "save_adapter"]
+__all__ += ["LoRAAdapter", "active_adapters", "add_weighted_adapter", "delete_adapter", "list_adapters", "set_adapter"]
 __all__ += ["NF4Weight", "bits_per_parameter", "block_absmax", "dequantize_nf4", "double_dequantize", "double_quantize",
             "nbytes", "nf4_codebook", "pack_nibbles", "quantize_nf4", "unpack_nibbles", "LinearNF4",
             "model_weight_bytes", "quantize_model"]

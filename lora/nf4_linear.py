@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lora.layer import LoRALinear
 from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, check_scales, dequantize_nf4, quantize_nf4
 from lora.targets import resolve_targets, set_module
 
@@ -166,7 +167,7 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
             weight that cannot be quantised (NaN/inf, beyond float32), named by its layer. Every layer is
             quantised before any is swapped in, so on any error the model is left exactly as it was.
     """
-    if any(hasattr(m, "lora_A") for m in model.modules()):
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters; quantise the base model first, then apply LoRA")
     chosen = resolve_targets(model, targets, types=(nn.Linear, LinearNF4))
     owners = {}

@@ -6,7 +6,7 @@ counts a quantized weight by its logical size, not by the bytes that store it.
 """
 
 from lora.checks import check_float
-from lora.layer import LoRALinear
+from lora.layer import LoRAAdapter
 
 
 def count_parameters(model):
@@ -57,7 +57,7 @@ def lora_plus_param_groups(model, lr, ratio=16, weight_decay=0.0):
     check_float("lr", lr)
     check_float("ratio", ratio)
     check_float("weight_decay", weight_decay, low_open=False)
-    b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRALinear) and m.lora_B.requires_grad}
+    b_ids = {id(m.lora_B) for m in model.modules() if isinstance(m, LoRAAdapter) and m.lora_B.requires_grad}
     if not b_ids:
         raise ValueError(f"{type(model).__name__} has no trainable LoRA parameters; call apply_lora first")
     group_a, group_b = [], []

@@ -23,18 +23,20 @@ def tiny_gpt(seed=0, **overrides):
 
 
 def snapshot(model):
-    """Everything a failed call must leave as it was: tensors, module types, trainable flags, config."""
+    """Everything a failed call must leave as it was: tensors, module types, trainable flags, adapter
+    configs and which adapters are active or merged on each layer."""
     return (
         {k: v.clone() for k, v in model.state_dict().items()},
         {n: type(m) for n, m in model.named_modules()},
         {n: p.requires_grad for n, p in model.named_parameters()},
-        copy.deepcopy(getattr(model, "lora_config", None)),
+        copy.deepcopy(getattr(model, "lora_configs", None)),
+        {n: (list(m.active_adapters), list(m.merged_adapters)) for n, m in model.named_modules() if hasattr(m, "merged_adapters")},
     )
 
 
 def assert_unchanged(model, before):
     """The model equals the snapshot `before`, tensor for tensor and flag for flag."""
-    state, types, flags, config = snapshot(model)
-    assert types == before[1] and flags == before[2] and config == before[3]
+    state, types, flags, config, adapters = snapshot(model)
+    assert types == before[1] and flags == before[2] and config == before[3] and adapters == before[4]
     assert state.keys() == before[0].keys()
     assert all(torch.equal(state[k], before[0][k]) for k in state)

@@ -6,7 +6,6 @@ PEFT's own files are in tests/fixtures/peft_gpt2_tiny/, written by tests/fixture
 import copy
 import json
 import pathlib
-import shutil
 import struct
 
 import pytest
@@ -61,7 +60,8 @@ X = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_se
 def test_lora_state_dict_has_only_lora_keys():
     model = adapted()
     sd = lora_state_dict(model)
-    assert sorted(sd) == ["decoder.lora_A", "decoder.lora_B", "encoder.0.lora_A", "encoder.0.lora_B"]
+    assert sorted(sd) == ["decoder.adapters.default.lora_A", "decoder.adapters.default.lora_B",
+                          "encoder.0.adapters.default.lora_A", "encoder.0.adapters.default.lora_B"]
     full = model.state_dict()
     assert all(torch.equal(sd[k], full[k]) for k in sd)
 
@@ -83,8 +83,8 @@ def test_after_load_adapter_trainable_flags_are_as_after_apply_lora(tmp_path):
     fresh = load_adapter(TwoLayer().double(), tmp_path)
     flags = {n: p.requires_grad for n, p in fresh.named_parameters()}
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
-    assert {n for n, f in flags.items() if f} == {"encoder.0.lora_A", "encoder.0.lora_B", "decoder.lora_A", "decoder.lora_B"}
-    assert fresh.lora_config == model.lora_config
+    assert {n for n, f in flags.items() if f} == {f"{m}.adapters.default.lora_{w}" for m in ("encoder.0", "decoder") for w in "AB"}
+    assert fresh.lora_configs == model.lora_configs
 
 
 def test_load_adapter_into_a_model_that_already_has_lora(tmp_path):
@@ -268,9 +268,11 @@ def test_save_without_lora_raises(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_save_replaces_existing_files_and_leaves_no_temporaries(tmp_path):
-    save_adapter(adapted(rank=2), tmp_path)
-    shutil.copy(tmp_path / "adapter_config.json", tmp_path / "old.json")
-    save_adapter(adapted(rank=3, alpha=6), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "old.json"]
-    assert read_adapter_config(tmp_path)["r"] == 3
+def test_save_replaces_the_whole_directory_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "adapter"
+    save_adapter(adapted(rank=2), target)
+    (target / "stale").mkdir()  # e.g. a sub-directory of an adapter that the next save does not have
+    save_adapter(adapted(rank=3, alpha=6), target)
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert read_adapter_config(target)["r"] == 3

@@ -75,13 +75,13 @@ def test_apply_lora_wraps_exactly_the_targets():
 
 def test_apply_lora_records_its_config():
     model = apply_lora(tiny_net(), rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)
-    assert model.lora_config == dict(rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)
+    assert model.lora_configs == {"default": dict(rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)}
 
 
 def test_only_lora_parameters_are_trainable():
     model = apply_lora(tiny_net(), rank=2, alpha=4, targets=("query",))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"blocks.{i}.query.lora_{m}" for i in range(2) for m in "AB"}
+    assert trainable == {f"blocks.{i}.query.adapters.default.lora_{m}" for i in range(2) for m in "AB"}
     total = sum(p.numel() for p in model.parameters())
     assert mark_only_lora_trainable(model) == (2 * 2 * (D + D), total)
 
@@ -137,7 +137,7 @@ def test_double_application_raises_and_leaves_model_unchanged(second):
 def test_second_application_on_other_layers_extends_the_adapter():
     model = apply_lora(tiny_net(), rank=2, alpha=4, targets=("query",))
     apply_lora(model, rank=2, alpha=4, targets=("value",))
-    assert len(list(lora_layers(model))) == 4 and model.lora_config["targets"] == ["query", "value"]
+    assert len(list(lora_layers(model))) == 4 and model.lora_configs["default"]["targets"] == ["query", "value"]
 
 
 def test_second_application_with_other_hyperparameters_raises():
@@ -233,7 +233,7 @@ def test_merge_and_unload_gives_same_output_and_original_keys():
     before = model(IDS)
     assert not torch.allclose(before, model.lm_head(model.norm(model.embed(IDS))))
     merge_and_unload(model)
-    assert not list(lora_layers(model)) and not hasattr(model, "lora_config")
+    assert not list(lora_layers(model)) and not hasattr(model, "lora_configs")
     assert all(type(m) is not LoRALinear for m in model.modules())
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(model(IDS), before, rtol=0, atol=1e-10)

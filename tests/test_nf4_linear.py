@@ -182,7 +182,7 @@ def test_qlora_gradients_reach_only_A_and_B():
     x = torch.randn(3, D_IN, requires_grad=True)
     qlora(x).pow(2).sum().backward()
     trainable = {n for n, p in qlora.named_parameters() if p.requires_grad}
-    assert trainable == {"lora_A", "lora_B"}
+    assert trainable == {"adapters.default.lora_A", "adapters.default.lora_B"}
     assert qlora.lora_A.grad.abs().max() > 0 and qlora.lora_B.grad.abs().max() > 0
     assert base.bias.grad is None and x.grad.abs().max() > 0  # the gradient flows through dequant(W) to x
 

@@ -1,0 +1,95 @@
+"""Several named adapters on one frozen model: list them, choose the active ones, delete one.
+
+    apply_lora(model, ..., adapter_name="a")    add adapter "a" (the first one is active)
+    set_adapter(model, ["a", "b"])              h = W0 x + ΔW_a x + ΔW_b x on every layer
+    delete_adapter(model, "b")                  gone; the last one gone leaves the plain base model
+    list_adapters(model)                        {"a": {rank, alpha, dropout, targets, use_rslora, active}}
+
+The adapters live inside the LoRALinear layers (`layer.adapters[name]`); `model.lora_configs` keeps
+each one's settings. The semantics are PEFT's: several active adapters add their ΔW, only the active
+ones are trainable, and the base stays frozen. Switching never touches the base weights, and it is
+refused while the model is merged, so a merged weight never holds one adapter while another is active.
+"""
+
+import copy
+import warnings
+
+from lora.inject import active_adapters, lora_layers, mark_only_lora_trainable
+from lora.targets import set_module
+
+
+def adapter_names(model):
+    """Names of the adapters of `model`, in the order they were added."""
+    return list(getattr(model, "lora_configs", {}))
+
+
+def check_adapters_exist(model, names):
+    """Raise ValueError naming the first of `names` that `model` does not have, and listing those it has."""
+    existing = adapter_names(model)
+    for name in names:
+        if name not in existing:
+            raise ValueError(f"unknown adapter {name!r}; the model has {existing or 'no adapters (call apply_lora)'}")
+
+
+def list_adapters(model):
+    """{name: {rank, alpha, dropout, targets, use_rslora, active}} for every adapter, in the order added."""
+    active = active_adapters(model)
+    return {name: dict(copy.deepcopy(cfg), active=name in active) for name, cfg in getattr(model, "lora_configs", {}).items()}
+
+
+def set_adapter(model, names):
+    """Make exactly the adapters `names` (a name or a list) active; they alone are trainable.
+
+    Forward then adds Σ ΔW of the active adapters on each layer (a layer without one of them adds
+    nothing for it). The base weights are not touched.
+
+    Raises:
+        ValueError: no names, an unknown name (the message lists the existing ones), a name twice,
+            or a merged model (unmerge_lora(model) first). The model is unchanged when this is raised.
+    """
+    names = [names] if isinstance(names, str) else list(names) if isinstance(names, (list, tuple)) else names
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"names={names!r}: give an adapter name or a non-empty list of names")
+    check_adapters_exist(model, names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"names={names!r}: each adapter can be active once")
+    merged = [n for n, layer in lora_layers(model) if layer.merged]
+    if merged:
+        raise ValueError(f"cannot switch adapters while {merged[0]!r} is merged; call unmerge_lora(model) first")
+    for _, layer in lora_layers(model):
+        layer.set_active([n for n in names if n in layer.adapters])
+    mark_only_lora_trainable(model)
+    return model
+
+
+def delete_adapter(model, name):
+    """Remove adapter `name` from every layer; a layer left without adapters becomes its base layer again.
+
+    If the deleted adapter was the only active one, the first remaining adapter becomes active (with a
+    warning), as in PEFT. Deleting the last adapter leaves the plain base model: its modules and state
+    dict are those from before apply_lora, and `model.lora_configs` is removed.
+
+    Raises:
+        ValueError: an unknown name, or the adapter is merged (unmerge_lora(model) first).
+    """
+    check_adapters_exist(model, [name])
+    layers = list(lora_layers(model))
+    merged = [n for n, layer in layers if name in layer.merged_adapters]
+    if merged:
+        raise ValueError(f"adapter {name!r} is merged into {merged[0]!r}; call unmerge_lora(model) first")
+    was_active = active_adapters(model)
+    for layer_name, layer in layers:
+        if name in layer.adapters:
+            layer.delete_adapter(name)
+            if not layer.adapters:
+                set_module(model, layer_name, layer.base)
+    del model.lora_configs[name]
+    remaining = adapter_names(model)
+    if not remaining:
+        del model.lora_configs
+        return model
+    still_active = [n for n in was_active if n != name]
+    if not still_active:
+        warnings.warn(f"adapter {name!r} was the active one; {remaining[0]!r} is active now", stacklevel=2)
+    set_adapter(model, still_active or remaining[:1])
+    return model
