@@ -165,7 +165,7 @@ def test_gpt2_layout_folder_fine_tunes_with_bpe_and_short_blocks(files):
 
 def test_compare_writes_table_and_plot(files):
     summary = run_compare(_cfg(files, "lora", name="compare", steps=10), ranks=(1, 4))
-    assert list(summary["reports"]) == ["full", "lora-r1", "lora-r4", "qlora-r8", "scratch"]
+    assert list(summary["reports"]) == ["full", "lora-r1", "lora-r4", "qlora-r8", "dora-r8", "pissa-r8", "scratch"]
     table = (files / "compare" / "compare.md").read_text()
     assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 5 and (files / "compare" / "compare.png").is_file()
 
