@@ -53,7 +53,8 @@ def _check_layer(name, module, adapter_name, r, options):
         d_in, d_out = module.in_features, module.out_features
         if check_init(options["init"])[0] == "pissa" and is_quantized_linear(getattr(module, "base", module)):
             raise ValueError(f"{name!r} is quantized: PiSSA needs the float weight. Apply LoRA with init='pissa' to the "
-                             "float model, then quantize its residual bases (lora.quantize_lora_bases): QPiSSA")
+                             "float model, then quantize each residual base (layer.base = LinearNF4.from_linear("
+                             "layer.base)): that is QPiSSA")
     if r > min(d_in, d_out):
         raise ValueError(f"rank={r} exceeds min(d_in, d_out) = {min(d_in, d_out)} of {name!r} ({d_in} -> {d_out}); "
                          "ΔW's rank cannot exceed it")
