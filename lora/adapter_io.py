@@ -18,58 +18,104 @@ layout, exactly PEFT's lora_A / lora_B nn.Linear weights, so the tensors are wri
 Shape legend: r rank, d_in / d_out the adapted layer's input / output sizes.
 """
 
+import collections
 import os
 import pathlib
+import re
 
 import torch
 
-from lora.adapter_config import CONFIG_NAME, WEIGHTS_NAME, peft_config, read_adapter_config, write_adapter_config
+from lora.adapter_config import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    options_from_peft,
+    peft_config,
+    peft_fields,
+    read_adapter_config,
+    write_adapter_config,
+)
+from lora.adapter_keys import adapter_tensors, copy_in, layer_shapes, peft_key
+from lora.embedding import LoRAEmbedding
 from lora.files import atomic_dir
-from lora.inject import apply_lora, lora_layers, mark_only_lora_trainable, plan_lora
-from lora.layer import check_adapter_name
+from lora.inject import apply_lora, lora_embeddings, lora_layers, mark_only_lora_trainable, plan_layers
+from lora.layer import LoRALinear, check_adapter_name
 from lora.safetensors_io import load_file, save_file
-from lora.targets import ALL_LINEAR, name_matches
+from lora.targets import ALL_LINEAR, layer_rank_alpha
 
 DEFAULT = "default"  # PEFT's name for the first adapter; it is saved at the top of the directory
-_PREFIX = "base_model.model."
 
 
 def lora_state_dict(model, adapter_name=None):
     """The LoRA tensors of `model` (of one adapter, or of all), keyed as in model.state_dict().
 
-    Keys look like "<module path>.adapters.<adapter name>.lora_A". LoRA layers are found by type
-    (LoRALinear), not by matching parameter names.
+    Keys look like "<module path>.adapters.<adapter name>.lora_A" (DoRA adds "...lora_magnitude_vector")
+    and "<module path>.lora_embedding_A". LoRA layers are found by type, not by parameter names.
     """
     out = {}
     for name, layer in lora_layers(model):
-        for a, adapter in layer.adapters.items():
+        for a in layer.adapters:
             if adapter_name in (None, a):
-                out[f"{name}.adapters.{a}.lora_A"] = adapter.lora_A.detach()
-                out[f"{name}.adapters.{a}.lora_B"] = adapter.lora_B.detach()
+                for which, t in adapter_tensors(layer, a).items():
+                    out[f"{name}.adapters.{a}.{which}"] = t.detach()
+    for name, emb in lora_embeddings(model):
+        if adapter_name in (None, emb.adapter_name):
+            for which, t in adapter_tensors(emb, emb.adapter_name).items():
+                out[f"{name}.{which}"] = t.detach()
     return out
+
+
+def _adapter_layers(model, adapter_name):
+    """[(name, layer, rank, alpha, use_rslora)] of adapter `adapter_name`, linear layers and embeddings."""
+    rows = []
+    for n, layer in [*lora_layers(model), *lora_embeddings(model)]:
+        if adapter_name in getattr(layer, "adapters", ()):
+            a = layer.adapters[adapter_name]
+            rows.append((n, layer, a.rank, a.alpha, a.use_rslora))
+        elif getattr(layer, "adapter_name", None) == adapter_name:
+            rows.append((n, layer, layer.rank, layer.alpha, layer.use_rslora))
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return sorted(rows, key=lambda row: order[row[0]])
+
+
+def _patterns(rows, rank, alpha, options):
+    """rank_pattern and alpha_pattern giving every layer its own (r, α): the recorded ones, plus the
+    escaped full name of any layer they do not describe (layers built by hand)."""
+    rank_pattern, alpha_pattern = dict(options.get("rank_pattern") or {}), dict(options.get("alpha_pattern") or {})
+    for n, _, r, a, _ in rows:
+        got = layer_rank_alpha(n, rank, alpha, rank_pattern, alpha_pattern)
+        if got[0] != r:
+            rank_pattern["^" + re.escape(n)] = r
+        if got[1] != a:
+            alpha_pattern["^" + re.escape(n)] = a
+    return rank_pattern, alpha_pattern
 
 
 def adapter_files(model, adapter_name, base_model_name_or_path=None, fan_in_fan_out=True):
     """(config, {PEFT key: tensor}): adapter `adapter_name` as PEFT writes its two files.
 
+    Per-layer ranks and alphas are written as PEFT's rank_pattern / alpha_pattern; DoRA's magnitude
+    and an embedding's tensors under PEFT's keys (lora.adapter_keys). A PiSSA adapter is written with
+    init_lora_weights=True: it only reproduces the trained model on the residual base PiSSA left in
+    the model, so save that base too (its state dict) and load it before the adapter.
     Raises:
-        ValueError: the adapter's layers disagree on rank, alpha or rsLoRA (layers built by hand).
+        ValueError: the adapter's layers disagree on rsLoRA (layers built by hand).
     """
-    modules = [(n, layer.adapters[adapter_name]) for n, layer in lora_layers(model) if adapter_name in layer.adapters]
-    settings = {(a.rank, a.alpha, a.use_rslora) for _, a in modules}
-    if len(settings) > 1:
-        raise ValueError(f"the layers of adapter {adapter_name!r} disagree on (rank, alpha, use_rslora): "
-                         f"{sorted(settings)}; one adapter file holds a single setting")
-    (rank, alpha, use_rslora), = settings
-    targets = getattr(model, "lora_configs", {}).get(adapter_name, {}).get("targets", [ALL_LINEAR])
+    rows = _adapter_layers(model, adapter_name)
+    if len({row[4] for row in rows}) > 1:
+        raise ValueError(f"the layers of adapter {adapter_name!r} disagree on use_rslora; one adapter file holds one")
+    record = getattr(model, "lora_configs", {}).get(adapter_name, {})
+    counts = collections.Counter((r, a) for _, _, r, a, _ in rows)
+    rank, alpha = (record["rank"], record["alpha"]) if record else counts.most_common(1)[0][0]
+    targets = record.get("targets", [ALL_LINEAR])
     if targets == [ALL_LINEAR]:  # PEFT writes the layer names "all-linear" resolved to, not the keyword
-        targets = sorted({n.rsplit(".", 1)[-1] for n, _ in modules})
-    dropout = getattr(modules[0][1].dropout, "p", 0.0)
-    config = peft_config(rank, alpha, dropout, targets, use_rslora, base_model_name_or_path, fan_in_fan_out)
-    tensors = {}
-    for n, adapter in modules:
-        tensors[_peft_key(n, "lora_A")] = adapter.lora_A.detach()
-        tensors[_peft_key(n, "lora_B")] = adapter.lora_B.detach()
+        targets = sorted({n.rsplit(".", 1)[-1] for n, *_ in rows})
+    linear = [layer for _, layer, *_ in rows if not isinstance(layer, LoRAEmbedding)]
+    dropout = getattr(linear[0].adapters[adapter_name].dropout, "p", 0.0) if linear else record.get("dropout", 0.0)
+    fields = peft_fields(dict(record, use_dora=any(layer.adapters[adapter_name].use_dora for layer in linear)))
+    fields["rank_pattern"], fields["alpha_pattern"] = _patterns(rows, rank, alpha, record)
+    config = peft_config(rank, alpha, dropout, targets, rows[0][4], base_model_name_or_path, fan_in_fan_out, **fields)
+    tensors = {peft_key(n, which): t.detach() for n, layer, *_ in rows
+               for which, t in adapter_tensors(layer, adapter_name).items()}
     return config, tensors
 
 
@@ -98,6 +144,7 @@ def save_adapter(model, directory, adapter_name=None, base_model_name_or_path=No
     """
     names = list(getattr(model, "lora_configs", {}))
     names += [a for _, layer in lora_layers(model) for a in layer.adapters if a not in names]  # layers built by hand
+    names += [e.adapter_name for _, e in lora_embeddings(model) if e.adapter_name not in names]
     if not names:
         raise ValueError(f"{type(model).__name__} has no LoRA layers to save; call apply_lora first")
     if adapter_name is not None and adapter_name not in names:
@@ -136,20 +183,13 @@ def load_adapter(model, directory, adapter_name=None):
             key). The model is left as it was.
     """
     loaded = [(name, *_read_checked(model, name, d)) for name, d in _adapter_dirs(directory, adapter_name)]
-    for name, settings, tensors in loaded:
-        if not any(name in layer.adapters for _, layer in lora_layers(model)):
-            apply_lora(model, *settings, adapter_name=name)
-        with torch.no_grad():
-            for n, layer in lora_layers(model):
-                if name in layer.adapters:
-                    layer.adapters[name].lora_A.copy_(tensors[_peft_key(n, "lora_A")])
-                    layer.adapters[name].lora_B.copy_(tensors[_peft_key(n, "lora_B")])
+    for name, (settings, options), tensors in loaded:
+        if not _adapter_layers(model, name):
+            apply_lora(model, *settings, adapter_name=name, **options)
+        for n, layer, *_ in _adapter_layers(model, name):
+            copy_in(layer, name, n, tensors)
     mark_only_lora_trainable(model)
     return model
-
-
-def _peft_key(name, which):
-    return f"{_PREFIX}{name}.{which}.weight"
 
 
 def _adapter_dirs(directory, adapter_name):
@@ -173,60 +213,83 @@ def _adapter_dirs(directory, adapter_name):
 
 
 def _read_checked(model, name, directory):
-    """((rank, alpha, dropout, targets, use_rslora), tensors) of the adapter in `directory`, checked against `model`."""
+    """(apply_lora's (settings, options), tensors) of the adapter in `directory`, checked against `model`."""
     config = read_adapter_config(directory)
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights} is missing; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
     tensors, _ = load_file(weights)
-    rank, alpha = config["r"], config["lora_alpha"]
-    dropout, use_rslora = config.get("lora_dropout", 0.0), config.get("use_rslora", False)
-    targets = config["target_modules"]
-    targets = [targets] if isinstance(targets, str) else targets
-    existing = {n: layer for n, layer in lora_layers(model) if name in layer.adapters}
+    settings, options = options_from_peft(config)
     try:
+        existing = _adapter_layers(model, name)
+        if existing:  # the same layers, ranks and settings, so only the tensors change
+            options = dict(options, init="default")
+        plan = plan_layers(model if not existing else _without(model, name), *settings, adapter_name=name, **options)
         if existing:
-            sizes = _check_existing(model, name, existing, rank, alpha, use_rslora, targets)
-        else:
-            chosen = plan_lora(model, rank, alpha, dropout, targets, use_rslora, name)
-            sizes = {n: (m.in_features, m.out_features) for n, m in chosen}
+            _check_existing(name, existing, plan, settings, options)
     except ValueError as e:
         raise ValueError(f"{os.path.join(directory, CONFIG_NAME)}: {e}") from None
-    _check_tensors(tensors, sizes, rank, weights)
-    return (rank, alpha, dropout, targets, use_rslora), tensors
+    _check_tensors(tensors, {n: layer_shapes(m, r, options["use_dora"]) for n, m, r, _ in plan}, weights)
+    return (settings, options), tensors
 
 
-def _check_existing(model, name, layers, rank, alpha, use_rslora, targets):
-    """Return {layer name: (d_in, d_out)} of adapter `name`'s layers after checking they match the config."""
-    for n, layer in layers.items():
-        adapter = layer.adapters[name]
-        if name in layer.merged_adapters:
+def _without(model, name):
+    """A shallow stand-in for `model` in which adapter `name` is not there yet, for planning only."""
+    return _Renamed(model, name)
+
+
+class _Renamed:
+    """Proxy whose named_modules() hides adapter `name`'s layers' wrappers (their bases are planned instead)."""
+
+    def __init__(self, model, name):
+        self.model, self.name = model, name
+
+    def named_modules(self):
+        wrapped = {n for n, *_ in _adapter_layers(self.model, self.name)}
+        for n, m in self.model.named_modules():
+            if n in wrapped:
+                yield n, m.base
+            elif not any(n.startswith(w + ".") for w in wrapped):
+                yield n, m
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def get_output_embeddings(self):
+        getter = getattr(self.model, "get_output_embeddings", None)
+        return getter() if callable(getter) else None
+
+
+def _check_existing(name, existing, plan, settings, options):
+    """Adapter `name` is on the model already: the config must plan the same layers with the same settings."""
+    have = {n: (r, a, use_rslora) for n, _, r, a, use_rslora in existing}
+    want = {n: (r, a, settings[4]) for n, _, r, a in plan}
+    for n, layer, *_ in existing:
+        if name in getattr(layer, "merged_adapters", ()) or getattr(layer, "merged", False):
             raise ValueError(f"{n!r} is merged; call unmerge_lora(model) before loading new weights")
-        if (adapter.rank, adapter.alpha, adapter.use_rslora) != (rank, alpha, use_rslora):
-            raise ValueError(f"config has r={rank}, lora_alpha={alpha}, use_rslora={use_rslora} but adapter {name!r} "
-                             f"of {n!r} has rank={adapter.rank}, alpha={adapter.alpha}, use_rslora={adapter.use_rslora}")
-    if targets != [ALL_LINEAR]:  # for "all-linear" the key check below compares the layer sets
-        selected = {n for n, _ in model.named_modules() if n and any(name_matches(n, t) for t in targets)}
-        if selected != set(layers):
-            diff = sorted(selected ^ set(layers))[0]
-            has = "has LoRA" if diff in layers else "has no LoRA"
-            raise ValueError(f"target_modules={targets} disagree with adapter {name!r}'s layers: {diff!r} {has}")
-    return {n: (layer.in_features, layer.out_features) for n, layer in layers.items()}
+        dora = layer.adapters[name] if isinstance(layer, LoRALinear) else None
+        if dora is not None and dora.use_dora != options["use_dora"]:
+            raise ValueError(f"config has use_dora={options['use_dora']} but adapter {name!r} of {n!r} does not match")
+    for n in sorted(set(have) | set(want)):
+        if have.get(n) != want.get(n):
+            if n not in have or n not in want:
+                raise ValueError(f"target_modules={settings[3]} disagree with adapter {name!r}'s layers: {n!r} "
+                                 f"{'has LoRA' if n in have else 'has no LoRA'}")
+            (r, a, rs), (r2, a2, rs2) = want[n], have[n]
+            raise ValueError(f"config has r={r}, lora_alpha={a}, use_rslora={rs} for {n!r} but adapter {name!r} "
+                             f"has rank={r2}, alpha={a2}, use_rslora={rs2}")
 
 
-def _check_tensors(tensors, sizes, rank, path):
+def _check_tensors(tensors, shapes, path):
     """Every expected key present with the expected shape, no other key, finite floats; else ValueError."""
-    expected = {}
-    for name, (d_in, d_out) in sizes.items():
-        expected[_peft_key(name, "lora_A")] = (rank, d_in)
-        expected[_peft_key(name, "lora_B")] = (d_out, rank)
+    expected = {peft_key(n, which): shape for n, layer in shapes.items() for which, shape in layer.items()}
     for key, shape in expected.items():
         if key not in tensors:
             raise ValueError(f"{path}: key {key!r} is missing ({sum(k not in tensors for k in expected)} of "
                              f"{len(expected)} expected keys are)")
         t = tensors[key]
         if tuple(t.shape) != shape:
-            raise ValueError(f"{path}: {key!r} has shape {tuple(t.shape)}, but the model with r={rank} needs {shape}")
+            raise ValueError(f"{path}: {key!r} has shape {tuple(t.shape)}, but the model with this config needs {shape}")
         if not t.is_floating_point() or not torch.isfinite(t).all():
             raise ValueError(f"{path}: {key!r} is not a finite floating-point tensor ({t.dtype})")
     unexpected = sorted(set(tensors) - set(expected))

@@ -14,7 +14,8 @@ refused while the model is merged, so a merged weight never holds one adapter wh
 import copy
 import warnings
 
-from lora.inject import active_adapters, lora_layers, mark_only_lora_trainable
+from lora.layer import check_dora_alone
+from lora.model_layers import active_adapters, lora_embeddings, lora_layers, mark_only_lora_trainable
 from lora.targets import set_module
 
 
@@ -53,11 +54,15 @@ def set_adapter(model, names):
     check_adapters_exist(model, names)
     if len(set(names)) != len(names):
         raise ValueError(f"names={names!r}: each adapter can be active once")
-    merged = [n for n, layer in lora_layers(model) if layer.merged]
+    configs = model.lora_configs
+    check_dora_alone(names, [n for n in names if configs[n].get("use_dora")])
+    merged = [n for n, layer in [*lora_layers(model), *lora_embeddings(model)] if layer.merged]
     if merged:
         raise ValueError(f"cannot switch adapters while {merged[0]!r} is merged; call unmerge_lora(model) first")
     for _, layer in lora_layers(model):
         layer.set_active([n for n in names if n in layer.adapters])
+    for _, emb in lora_embeddings(model):
+        emb.active = emb.adapter_name in names
     mark_only_lora_trainable(model)
     return model
 
@@ -77,12 +82,17 @@ def delete_adapter(model, name):
     merged = [n for n, layer in layers if name in layer.merged_adapters]
     if merged:
         raise ValueError(f"adapter {name!r} is merged into {merged[0]!r}; call unmerge_lora(model) first")
+    embeddings = [(n, e) for n, e in lora_embeddings(model) if e.adapter_name == name]
+    if any(e.merged for _, e in embeddings):
+        raise ValueError(f"adapter {name!r} is merged into {embeddings[0][0]!r}; call unmerge_lora(model) first")
     was_active = active_adapters(model)
     for layer_name, layer in layers:
         if name in layer.adapters:
             layer.delete_adapter(name)
             if not layer.adapters:
                 set_module(model, layer_name, layer.base)
+    for layer_name, emb in embeddings:
+        set_module(model, layer_name, emb.base)
     del model.lora_configs[name]
     remaining = adapter_names(model)
     if not remaining:

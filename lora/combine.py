@@ -20,8 +20,9 @@ import torch
 
 from lora.adapters import check_adapters_exist
 from lora.checks import check_choice, check_int
-from lora.inject import apply_lora, lora_layers
+from lora.inject import apply_lora, lora_embeddings, lora_layers
 from lora.layer import check_adapter_name
+from lora.targets import as_regex
 
 COMBINATION_TYPES = ("cat", "linear", "svd")
 
@@ -122,6 +123,13 @@ def _check(model, adapters, weights, adapter_name, combination_type, svd_rank):
         if combination_type != "svd" or len(adapters) == 1:
             raise ValueError(f"svd_rank={svd_rank!r} applies to combination_type='svd' of two or more adapters "
                              "(PEFT combines a single adapter linearly, at its own rank)")
+    for a in adapters:  # PEFT refuses these too: DoRA's m and per-layer ranks do not combine as A and B do
+        cfg = model.lora_configs[a]
+        if cfg.get("use_dora") or cfg.get("rank_pattern") or cfg.get("alpha_pattern") or as_regex(cfg["targets"]):
+            raise ValueError(f"adapter {a!r} uses DoRA, rank/alpha patterns or a regex target; "
+                             "add_weighted_adapter combines plain LoRA adapters only")
+    if any(True for _ in lora_embeddings(model)):
+        raise ValueError("add_weighted_adapter combines LoRA on linear layers; this model has LoRA embeddings")
     ranks = [model.lora_configs[a]["rank"] for a in adapters]
     kind = "linear" if len(adapters) == 1 else combination_type  # PEFT's rule
     if kind == "linear" and len(set(ranks)) > 1:

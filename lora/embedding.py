@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora.checks import check_bool, check_float, check_int
-from lora.layer import lora_scaling
+from lora.low_rank import lora_scaling
 
 
 class LoRAEmbedding(nn.Module):
@@ -59,7 +59,10 @@ class LoRAEmbedding(nn.Module):
         self.lora_embedding_B = nn.Parameter(torch.empty(self.embedding_dim, rank, **kw))  # (C, r)
         self.reset_lora_parameters()
         self.merged = False  # True while ΔE is added into base.weight
-        self.disabled = False  # True while the adapter is switched off: forward is the base alone
+        self.disabled = False  # True inside disable_lora(): forward is the base alone
+        self.active = True  # False while another adapter is selected (lora.adapters.set_adapter)
+        self.adapter_name = "default"  # the adapter this table's A and B belong to (apply_lora sets it)
+        self.tied_to = ()  # modules sharing base.weight (apply_lora sets it); merge refuses then
         base.weight.requires_grad_(False)
 
     def reset_lora_parameters(self):
@@ -81,7 +84,7 @@ class LoRAEmbedding(nn.Module):
     def forward(self, idx):
         """(...) integer indices -> (..., C): base(idx) + s · Aᵀ[idx] Bᵀ (a lookup, then an r-wide matmul)."""
         out = self.base(idx)
-        if self.merged or self.disabled:
+        if self.merged or self.disabled or not self.active:
             return out
         after_A = F.embedding(idx, self.lora_embedding_A.T, padding_idx=self.base.padding_idx,
                               scale_grad_by_freq=self.base.scale_grad_by_freq)  # (...) -> (..., r)
@@ -91,11 +94,15 @@ class LoRAEmbedding(nn.Module):
         """E ← E + ΔE in place, so the lookup costs what the base alone costs.
 
         Raises:
-            ValueError: E + ΔE is not finite; the table is left unchanged.
+            ValueError: the table is shared with another module (self.tied_to, e.g. GPT-2's output head;
+                lora.tied.untie_weight first), or E + ΔE is not finite; the table is left unchanged.
         """
         if self.merged:
             warnings.warn("LoRAEmbedding.merge(): already merged; nothing changed", stacklevel=2)
             return
+        if self.tied_to and self.base.weight is self._tied_weight[0]:
+            raise ValueError(f"the embedding table is shared with {list(self.tied_to)}; merging would change them "
+                             "too. Call lora.untie_weight(model, '<this layer>.base') first, or keep it unmerged")
         with torch.no_grad():
             self.base.weight.copy_(self._checked_sum(+1))
         self.merged = True
@@ -108,6 +115,11 @@ class LoRAEmbedding(nn.Module):
         with torch.no_grad():
             self.base.weight.copy_(self._checked_sum(-1))
         self.merged = False
+
+    def mark_tied(self, names, weight):
+        """Record that `weight` (the table now) is shared with the modules `names`: merge() then refuses."""
+        self.tied_to = tuple(names)
+        self._tied_weight = [weight]  # in a list, so nn.Module does not register it a second time
 
     @torch.no_grad()
     def to_embedding(self):

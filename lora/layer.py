@@ -2,7 +2,7 @@
 
     h = W0 x + ΔW x,   ΔW = (α / r) B A,   A (r, d_in), B (d_out, r)
 
-One LoRAAdapter holds A, B and α / r. A LoRALinear holds its adapters by name (usually just
+One LoRAAdapter (lora.low_rank) holds A, B and α / r, and with DoRA the magnitude m. A LoRALinear holds its adapters by name (usually just
 "default", which `layer.lora_A` / `layer.lora_B` read) and adds the ΔW of the active ones, as PEFT
 does; lora.adapters switches, deletes and lists them model-wide.
 
@@ -15,108 +15,15 @@ Shape legend:
     ...    any leading dimensions (batch, time)
 """
 
-import math
-import re
 import warnings
 
 import torch
 import torch.nn as nn
 
-from lora.checks import check_bool, check_float, check_int
+from lora.low_rank import LoRAAdapter, check_adapter_name, check_lora_hparams, is_quantized_linear, lora_scaling
 
-
-def lora_scaling(rank, alpha, use_rslora=False):
-    """The factor in front of B A: α / r (LoRA §4.1), or α / √r with rsLoRA (Kalajdzievski, 2023).
-
-    rsLoRA's argument: with α / r the update's magnitude shrinks as r grows, so larger ranks learn
-    slower; α / √r keeps it rank-stable. This is the only place the factor is computed.
-    """
-    return alpha / math.sqrt(rank) if use_rslora else alpha / rank
-
-
-def check_lora_hparams(rank, alpha, dropout, use_rslora=False):
-    """Raise ValueError naming the first bad hyperparameter and what is allowed."""
-    check_int("rank", rank)
-    check_float("alpha", alpha)
-    check_float("dropout", dropout, 0.0, 1.0, low_open=False)
-    check_bool("use_rslora", use_rslora)
-
-
-def is_quantized_linear(module):
-    """True for a layer that quacks like a quantized linear: sizes, bias and dequantize_weight()."""
-    return (not isinstance(module, nn.Linear) and callable(getattr(module, "dequantize_weight", None))
-            and all(hasattr(module, a) for a in ("in_features", "out_features", "bias")))
-
-
-_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def check_adapter_name(name):
-    """An adapter name is a non-empty string of letters, digits, "_" and "-".
-
-    It becomes a module key (no "."), a directory name when saved (no "/"), and must not shadow an
-    attribute of nn.ModuleDict ("keys", "items", "training", ...).
-    """
-    if not isinstance(name, str) or not _ADAPTER_NAME.fullmatch(name) or hasattr(nn.ModuleDict(), name):
-        raise ValueError(f"adapter_name={name!r}: use letters, digits, '_' and '-' (e.g. 'default'), "
-                         "not the name of an nn.ModuleDict attribute")
-    return name
-
-
-class LoRAAdapter(nn.Module):
-    """One adapter's low-rank path: x ↦ (α / r) B A dropout(x) (LoRA §4.1).
-
-    Args:
-        d_in, d_out: sizes of the adapted layer.
-        rank: r, the rank of the update; a positive integer.
-        alpha: α, a positive number; the update is scaled by α / r (α / √r with rsLoRA).
-        dropout: probability of dropping inputs of the low-rank path, in [0, 1); training mode only.
-        use_rslora: scale by α / √r instead of α / r (Kalajdzievski, 2023).
-        device, dtype: of A and B.
-    Raises:
-        ValueError: a bad hyperparameter.
-    """
-
-    def __init__(self, d_in, d_out, rank, alpha, dropout=0.0, use_rslora=False, device=None, dtype=None):
-        super().__init__()
-        check_lora_hparams(rank, alpha, dropout, use_rslora)
-        self.rank, self.alpha, self.use_rslora = rank, alpha, use_rslora
-        self.scaling = lora_scaling(rank, alpha, use_rslora)
-        self.lora_A = nn.Parameter(torch.empty(rank, d_in, device=device, dtype=dtype))   # (r, d_in)
-        self.lora_B = nn.Parameter(torch.empty(d_out, rank, device=device, dtype=dtype))  # (d_out, r)
-        self.reset_parameters()
-        # p == 0 is the usual case: Identity skips a pointless dropout call (PEFT does the same)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-
-    def reset_parameters(self):
-        """A ~ Kaiming-uniform(a=√5), B = 0, so ΔW = B A = 0 and training starts at the base model.
-
-        B, not A, is zero. With g = ∂L/∂h, B's gradient (α/r) g (A x)ᵀ is nonzero because A is random,
-        so B moves on step 1; A's gradient (α/r) Bᵀ g xᵀ is zero until then. Were both zero, neither
-        would ever move.
-        The paper draws A from a Gaussian; we use nn.Linear's default Kaiming-uniform, as loralib and
-        PEFT do, so adapters initialise like theirs.
-        """
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
-
-    def delta_weight(self):
-        """ΔW = (α / r) B A, shape (d_out, d_in) like nn.Linear.weight (LoRA §4.1)."""
-        return self.scaling * (self.lora_B @ self.lora_A)  # (d_out, r) @ (r, d_in) -> (d_out, d_in)
-
-    def forward(self, x):
-        """(..., d_in) -> (..., d_out): (α / r) · dropout(x) Aᵀ Bᵀ, never building ΔW.
-
-        It costs r·(d_in + d_out) multiply-adds per token and runs in x's dtype, so fp32 adapters work
-        with a bf16 base or under autocast. The scaling multiplies the r-wide intermediate rather than
-        the d_out-wide result: the same product, but a pass over r numbers per token instead of d_out.
-        """
-        A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
-        h = (self.dropout(x) @ A.T) * self.scaling  # (..., d_in) -> (..., r)
-        return h @ B.T                               # (..., r) -> (..., d_out)
-
-    def extra_repr(self):
-        return f"rank={self.rank}, alpha={self.alpha}, scaling={self.scaling:.4g}, use_rslora={self.use_rslora}"
+__all__ = ["LoRAAdapter", "LoRALinear", "check_adapter_name", "check_lora_hparams", "is_quantized_linear",
+           "lora_scaling"]
 
 
 class LoRALinear(nn.Module):
@@ -129,13 +36,16 @@ class LoRALinear(nn.Module):
     Args:
         base: the layer to adapt, an nn.Linear or a quantized linear layer (see module docstring).
             Its parameters are frozen here.
-        rank, alpha, dropout, use_rslora: of the first adapter; see LoRAAdapter.
+        rank, alpha, dropout, use_rslora, use_dora: of the first adapter; see LoRAAdapter.
         adapter_name: the first adapter's name; it is active.
+    A DoRA adapter is never active beside another one: PEFT adds each DoRA adapter's correction to the
+    running output, so the result depends on their order, and W' = m (W0 + ΔW) / ‖W0 + ΔW‖ has no
+    agreed sum; set_active refuses the mix instead.
     Raises:
         ValueError: a bad hyperparameter or name, or a base that is not a linear layer.
     """
 
-    def __init__(self, base, rank, alpha, dropout=0.0, use_rslora=False, adapter_name="default"):
+    def __init__(self, base, rank, alpha, dropout=0.0, use_rslora=False, adapter_name="default", use_dora=False):
         super().__init__()
         if not (isinstance(base, nn.Linear) or is_quantized_linear(base)):
             raise ValueError(f"LoRALinear needs an nn.Linear or a quantized linear layer, got {type(base).__name__}")
@@ -145,7 +55,8 @@ class LoRALinear(nn.Module):
         self.active_adapters = []        # names whose ΔW forward adds
         self.merged_adapters = []        # names whose ΔW sits in base.weight (set by merge)
         self.disabled = False            # True inside disable_lora(): forward is the base alone
-        self.add_adapter(adapter_name, rank, alpha, dropout, use_rslora)
+        self.tied_to = ()                # modules sharing base.weight (set by apply_lora); merge refuses then
+        self.add_adapter(adapter_name, rank, alpha, dropout, use_rslora, use_dora)
         self.set_active([adapter_name])
         for p in base.parameters():
             p.requires_grad_(False)
@@ -192,13 +103,23 @@ class LoRALinear(nn.Module):
         """True while ΔW of the merged adapters is added into base.weight."""
         return bool(self.merged_adapters)
 
-    def add_adapter(self, name, rank, alpha, dropout=0.0, use_rslora=False):
-        """Add a new, inactive and frozen adapter `name` (zero ΔW until trained); see LoRAAdapter."""
+    def base_weight(self):
+        """W0 as a float (d_out, d_in) tensor: the base's weight, or a quantized base's dequantize_weight()."""
+        return self.base.weight if isinstance(self.base, nn.Linear) else self.base.dequantize_weight()
+
+    def add_adapter(self, name, rank, alpha, dropout=0.0, use_rslora=False, use_dora=False):
+        """Add a new, inactive and frozen adapter `name` (zero ΔW until trained); see LoRAAdapter.
+
+        A DoRA adapter's magnitude starts at ‖W0‖ (DoRA §4.1), W0 dequantized for an NF4 base (QDoRA).
+        """
         check_adapter_name(name)
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} exists already; its layer holds {list(self.adapters)}")
         kw = _factory_kwargs(self.base)
-        adapter = LoRAAdapter(self.in_features, self.out_features, rank, alpha, dropout, use_rslora, **kw)
+        adapter = LoRAAdapter(self.in_features, self.out_features, rank, alpha, dropout, use_rslora, **kw,
+                              use_dora=use_dora)
+        if use_dora:
+            adapter.init_magnitude(self.base_weight())
         self.adapters[name] = adapter.requires_grad_(False)
 
     def set_active(self, names):
@@ -208,6 +129,7 @@ class LoRALinear(nn.Module):
             raise ValueError(f"unknown adapter {unknown[0]!r}; this layer holds {list(self.adapters)}")
         if self.merged and list(names) != self.merged_adapters:
             raise ValueError(f"adapters {self.merged_adapters} are merged; unmerge before switching adapters")
+        check_dora_alone(names, [n for n in names if self.adapters[n].use_dora])
         self.active_adapters = list(names)
         for name, adapter in self.adapters.items():
             adapter.requires_grad_(name in names)
@@ -235,15 +157,21 @@ class LoRALinear(nn.Module):
         if self.merged or self.disabled:  # merged: ΔW already sits in base.weight
             return out
         for name in self.active_adapters:
-            out = out + self.adapters[name](x)
+            adapter = self.adapters[name]
+            if adapter.use_dora:  # the only active adapter (set_active): out is base(x) here
+                out = adapter.dora_output(x, self.base_weight(), self.base.bias, out)
+            else:
+                out = out + adapter(x)
         return out
 
     def merge(self):
         """W ← W + ΔW of the active adapters, in place, so forward costs what the base alone costs
         (LoRA §4.1, no inference latency). A layer without an active adapter is left as it is.
 
+        A DoRA adapter merges as W ← m (W + ΔW) / ‖W + ΔW‖ (DoRA §4.1), the norm kept for unmerge.
         Raises:
-            ValueError: the base is quantized (use merge_and_unload), or W + ΔW is not finite;
+            ValueError: the base is quantized (use merge_and_unload), its weight is shared with another
+                module (self.tied_to; lora.tied.untie_weight first), or the merged weight is not finite;
                 the weight is left unchanged.
         """
         if self.merged:
@@ -254,8 +182,11 @@ class LoRALinear(nn.Module):
         if not isinstance(self.base, nn.Linear):
             raise ValueError(f"cannot merge into a quantized {type(self.base).__name__}: W + ΔW would have to be "
                              "re-quantized; merge_and_unload(model) returns float nn.Linear layers holding dequant(W) + ΔW")
+        if self.tied_to and self.base.weight is self._tied_weight[0]:
+            raise ValueError(f"the base weight is shared with {list(self.tied_to)}; merging would change them too. "
+                             "Call lora.untie_weight(model, '<this layer>.base') first, or keep the adapter unmerged")
         with torch.no_grad():
-            self.base.weight.copy_(self._checked_sum(self.base.weight, +1, self.active_adapters))
+            self.base.weight.copy_(self._checked_sum(self.base.weight, +1, self.active_adapters, cache_norm=True))
         self.merged_adapters = list(self.active_adapters)
 
     def unmerge(self):
@@ -285,20 +216,40 @@ class LoRALinear(nn.Module):
             linear.bias.copy_(bias)
         return linear.requires_grad_(False)  # stays frozen, like the base it replaces
 
-    def _checked_sum(self, weight, sign, names=None):
+    def mark_tied(self, names, weight):
+        """Record that `weight` (the base weight now) is shared with the modules `names`: merge() then refuses."""
+        self.tied_to = tuple(names)
+        self._tied_weight = [weight]  # in a list, so nn.Module does not register it a second time
+
+    def _checked_sum(self, weight, sign, names=None, cache_norm=False):
+        """W ± ΔW of `names`; for a DoRA adapter its merged weight, or the weight it was merged from."""
         names = self.active_adapters if names is None else names
         if not names:
             return weight.detach().clone()
-        delta = self.delta_weight(names).to(weight.dtype)
-        out = weight + sign * delta
+        dora = [self.adapters[n] for n in names if self.adapters[n].use_dora]
+        if dora and sign > 0:
+            out, norm = dora[0].dora_merged(weight.detach())
+            if cache_norm:
+                dora[0].dora_norm = norm
+        elif dora:
+            out = dora[0].dora_unmerged(weight.detach())
+        else:
+            out = weight + sign * self.delta_weight(names).to(weight.dtype)
         if not torch.isfinite(out).all():
-            raise ValueError(f"W {'+' if sign > 0 else '-'} ΔW has non-finite entries (max |ΔW| = "
-                             f"{delta.abs().max().item():.3g}); the weight was left unchanged")
+            raise ValueError(f"the merged weight (W {'+' if sign > 0 else '-'} ΔW of {names}) has non-finite "
+                             "entries; the weight was left unchanged")
         return out
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"active={self.active_adapters}, merged={self.merged}")
+
+
+def check_dora_alone(names, dora_names):
+    """Raise ValueError if a DoRA adapter would be active beside another adapter (see LoRALinear)."""
+    if dora_names and len(names) > 1:
+        raise ValueError(f"adapters {list(names)} include the DoRA adapter {dora_names[0]!r}; a DoRA adapter "
+                         "can only be active alone (merge_and_unload it first, or activate it alone)")
 
 
 def _factory_kwargs(base):

@@ -167,16 +167,21 @@ def rewrite_config(directory, **changes):
 
 
 @pytest.mark.parametrize("changes, match", [
-    (dict(r=3), r"'base_model.model.encoder.0.lora_A.weight' has shape \(2, 6\), but the model with r=3"),
+    (dict(r=3), r"'base_model.model.encoder.0.lora_A.weight' has shape \(2, 6\), but the model with this config needs \(3, 6\)"),
     (dict(target_modules=["decoder"]), "unexpected key 'base_model.model.encoder.0.lora_A.weight'"),
     (dict(target_modules=["encoder.0", "decoder", "missing"]), "'missing' matches no module"),
     (dict(r=0), "rank=0"),
     (dict(lora_alpha=-1), "alpha=-1"),
     (dict(peft_type="IA3"), "peft_type='IA3'"),
-    (dict(use_dora=True), "use_dora=True"),
-    (dict(rank_pattern={"decoder": 8}), "rank_pattern="),
+    (dict(use_dora=True), "key 'base_model.model.encoder.0.lora_magnitude_vector' is missing"),
+    (dict(rank_pattern={"decoder": 8}), "rank=8 exceeds min"),
+    (dict(rank_pattern={"nothing": 3}), "rank_pattern key 'nothing' matches none"),
     (dict(bias="all"), "bias='all'"),
-    (dict(target_modules="^decoder$"), "regular expression"),
+    (dict(target_modules="^decoder$"), "unexpected key 'base_model.model.encoder.0.lora_A.weight'"),
+    (dict(init_lora_weights="olora"), "init_lora_weights='olora'"),
+    (dict(use_qalora=True), "use_qalora=True"),
+    (dict(modules_to_save=["decoder"]), "modules_to_save="),
+    (dict(layers_pattern=3), "layers_pattern=3"),
 ])
 def test_bad_config_raises_and_leaves_model_unchanged(tmp_path, changes, match):
     save_adapter(adapted(), tmp_path)

@@ -22,6 +22,7 @@ from lora import (
     set_adapter,
     unmerge_lora,
 )
+from lora.inject import OPTIONS
 from lora.safetensors_io import load_file, save_file
 
 
@@ -88,8 +89,8 @@ def test_each_adapter_keeps_its_own_settings():
 def test_list_adapters_gives_configs_and_active_flags():
     model = two_adapters()
     assert list_adapters(model) == {
-        "default": dict(rank=2, alpha=4, dropout=0.0, targets=["a", "b"], use_rslora=False, active=True),
-        "other": dict(rank=3, alpha=5, dropout=0.1, targets=["b", "c"], use_rslora=True, active=False),
+        "default": dict(rank=2, alpha=4, dropout=0.0, targets=["a", "b"], use_rslora=False, **OPTIONS, active=True),
+        "other": dict(rank=3, alpha=5, dropout=0.1, targets=["b", "c"], use_rslora=True, **OPTIONS, active=False),
     }
     list_adapters(model)["default"]["rank"] = 99  # a copy: the model's records stay as they are
     assert model.lora_configs["default"]["rank"] == 2

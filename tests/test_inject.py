@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from helpers import assert_unchanged, snapshot
 from lora.inject import (
+    OPTIONS,
     apply_lora,
     disable_lora,
     lora_layers,
@@ -75,7 +76,7 @@ def test_apply_lora_wraps_exactly_the_targets():
 
 def test_apply_lora_records_its_config():
     model = apply_lora(tiny_net(), rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)
-    assert model.lora_configs == {"default": dict(rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)}
+    assert model.lora_configs == {"default": dict(rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True, **OPTIONS)}
 
 
 def test_only_lora_parameters_are_trainable():

@@ -3,8 +3,9 @@
     python -m minigpt.finetune                          # LoRA r=8 on the offline tiny base, minutes on a CPU
     python -m minigpt.finetune --method qlora           # the same on an NF4-quantised base
     python -m minigpt.finetune --method full            # every weight trained, for comparison
+    python -m minigpt.finetune --dora --init pissa      # DoRA with PiSSA's SVD initialisation
     python -m minigpt.finetune --base gpt2 --block-size 64 --steps 200
-    python -m minigpt.finetune --compare                # full vs LoRA ranks vs QLoRA vs scratch
+    python -m minigpt.finetune --compare                # full vs LoRA ranks vs QLoRA, DoRA, PiSSA vs scratch
 """
 
 import argparse
@@ -25,6 +26,7 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
     ("base_preset", str, "GPTConfig preset of the tiny base"), ("base_steps", int, "pretraining steps of the tiny base"),
     ("rank", int, "LoRA rank r"), ("alpha", float, "LoRA alpha (scaling alpha / r)"), ("dropout", float, "LoRA dropout"),
     ("targets", str, "comma-separated module names, or all-linear"), ("steps", int, "fine-tuning steps"),
+    ("init", str, "how LoRA's A and B start: default (A Kaiming-uniform, B zero), gaussian, or pissa (lora only)"),
     ("batch_size", int, "sequences per step"), ("block_size", int, "tokens per sequence (default: min(128, the base's))"),
     ("lr", float, f"peak learning rate (default: {DEFAULT_LR[METHODS[0]]:g} full, {DEFAULT_LR['lora']:g} LoRA and "
                   f"QLoRA, {SCRATCH_LR:g} from scratch)"),
@@ -53,11 +55,13 @@ def build_parser():
         shown = help if default is None or "(default:" in help else f"{help} (default: {default})"
         metavar = PATHS.get(name, METAVARS[kind])  # choices are checked by validate: a one-line error naming them
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=shown, metavar=metavar)
+    p.add_argument("--dora", action="store_true", help="DoRA: also train a magnitude per output row (off by default)")
+    p.add_argument("--use-rslora", action="store_true", help="scale LoRA by alpha / sqrt(r), rsLoRA (off by default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars (shown by default)")
-    p.add_argument("--compare", action="store_true", help="full vs LoRA ranks 1-64 vs QLoRA vs scratch (runs/compare)")
+    p.add_argument("--compare", action="store_true", help="full vs LoRA ranks 1-64 vs QLoRA vs DoRA vs PiSSA vs scratch (runs/compare)")
     return p
 
 

@@ -1,7 +1,7 @@
 """`python -m minigpt.finetune --compare`: the LoRA paper's comparisons at small scale.
 
 From one base and one seed, for the same number of steps: full fine-tuning, LoRA at several ranks,
-QLoRA at rank 8, and the same architecture trained from random weights. What it should show
+QLoRA, DoRA and PiSSA-initialised LoRA at rank 8, and the same architecture trained from random weights. What it should show
 (LoRA §7.2 and Table 6; QLoRA §4): a low rank comes close to full fine-tuning, the rank barely
 matters past a few, QLoRA matches LoRA, and pretraining plus LoRA beats training from scratch.
 
@@ -31,6 +31,8 @@ def compare_configs(cfg, ranks=RANKS):
     runs = [("full", dataclasses.replace(common, method="full"))]
     runs += [(f"lora-r{r}", dataclasses.replace(common, method="lora", rank=r)) for r in ranks]
     runs += [(f"qlora-r{QLORA_RANK}", dataclasses.replace(common, method="qlora", rank=QLORA_RANK))]
+    runs += [(f"dora-r{QLORA_RANK}", dataclasses.replace(common, method="lora", rank=QLORA_RANK, dora=True))]
+    runs += [(f"pissa-r{QLORA_RANK}", dataclasses.replace(common, method="lora", rank=QLORA_RANK, init="pissa"))]
     runs += [("scratch", dataclasses.replace(common, method="full", base=SCRATCH, base_corpus=None))]
     return [(name, dataclasses.replace(c, out=os.path.join(root, name))) for name, c in runs]
 

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from lora.checks import check_choice, check_float, check_int
+from lora.checks import check_bool, check_choice, check_float, check_int
 from lora.inject import plan_lora
 from lora.targets import parse_targets
 from minigpt.device import DEVICES, pick_device
@@ -19,6 +19,7 @@ from minigpt.finetune.rundir import check_out_dir
 from minigpt.model import GPT, PRESETS
 
 METHODS = ("full", "lora", "qlora")
+INITS = ("default", "gaussian", "pissa")
 # peak learning rates, the best of a sweep on the tiny base (docs/results.md): LoRA's update B A starts
 # at zero and lives in a rank-r subspace, so it needs a larger step than full fine-tuning
 DEFAULT_LR = {"full": 1e-3, "lora": 5e-3, "qlora": 5e-3}
@@ -36,6 +37,9 @@ class FinetuneConfig:
     alpha: float = 16.0           # LoRA alpha; the update is scaled by alpha / r
     dropout: float = 0.0          # LoRA dropout on the adapter's input
     targets: str = "all-linear"   # comma-separated module names, or every Linear of the blocks
+    dora: bool = False            # DoRA: a trained magnitude per output row beside B A (lora and qlora)
+    init: str = "default"         # default | gaussian | pissa: how A and B start (pissa: lora only)
+    use_rslora: bool = False      # scale B A by alpha / sqrt(r) (rsLoRA) instead of alpha / r
     steps: int = 300              # optimizer steps of fine-tuning
     batch_size: int = 16          # sequences per step
     block_size: int | None = None  # tokens per sequence; None = min(128, the base's block size)
@@ -57,8 +61,11 @@ class FinetuneConfig:
 
 
 def method_label(cfg):
-    """The method in a few words, for progress bars and headers: "full", "lora r=8", "qlora r=8"."""
-    return cfg.method if cfg.method == "full" else f"{cfg.method} r={cfg.rank}"
+    """The method in a few words, for progress bars and headers: "full", "lora r=8", "qlora r=8 dora"."""
+    if cfg.method == "full":
+        return cfg.method
+    extras = ["dora"] * cfg.dora + ([cfg.init] if cfg.init != "default" else []) + ["rslora"] * cfg.use_rslora
+    return " ".join([f"{cfg.method} r={cfg.rank}", *extras])
 
 
 def recipe_of(cfg):
@@ -83,6 +90,14 @@ def _check_values(cfg):
     if not isinstance(cfg.prompt, str) or not cfg.prompt:
         raise ValueError(f"prompt={cfg.prompt!r}: give a non-empty prompt to sample from")
     parse_targets(cfg.targets)
+    check_bool("dora", cfg.dora)
+    check_bool("use_rslora", cfg.use_rslora)
+    check_choice("init", cfg.init, INITS)
+    if cfg.method == "full" and (cfg.dora or cfg.init != "default" or cfg.use_rslora):
+        raise ValueError("dora, init and use_rslora configure LoRA; method='full' trains every weight instead")
+    if cfg.method == "qlora" and cfg.init == "pissa":
+        raise ValueError("init='pissa' needs the float base weight; with method='qlora' the base is NF4 already "
+                         "(use method='lora', or init='default' or 'gaussian')")
 
 
 def _check_base(cfg):
@@ -102,7 +117,8 @@ def _check_base(cfg):
     if cfg.method != "full":
         with torch.device("meta"):  # the architecture only: no memory, no time
             skeleton = GPT(config)
-        chosen = plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets))  # rank, targets
+        chosen = plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets),  # rank, targets
+                           use_rslora=cfg.use_rslora, use_dora=cfg.dora, init=cfg.init)
         _check_untied(skeleton, chosen, cfg)
     return config
 

@@ -44,7 +44,8 @@ def prepare_model(base, cfg):
     if cfg.method == "qlora":  # the frozen base becomes 4-bit NormalFloat (QLoRA §3)
         info["quantized_bytes_before"], info["quantized_bytes_after"] = quantize_model(base, parse_targets(cfg.targets))
     torch.manual_seed(cfg.seed)  # A's Kaiming init
-    return apply_lora(base, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets)), info
+    return apply_lora(base, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets), cfg.use_rslora,
+                      use_dora=cfg.dora, init=cfg.init), info
 
 
 def load_data(cfg, tokenizer):

@@ -43,7 +43,7 @@ def test_calibration_of_a_deep_model_extrapolates_from_two_blocks():
 def test_compare_header_pretrains_once_and_names_every_run(tmp_path):
     cfg = _cfg(tmp_path)
     times = estimate_compare(compare_configs(cfg, ranks=(1, 2)))
-    assert len(times["runs"]) == 5 and times["total"] == times["pretrain"] + times["finetune"] > 0
+    assert len(times["runs"]) == 7 and times["total"] == times["pretrain"] + times["finetune"] > 0
     line = describe_compare(cfg, times)
-    assert "\n" not in line and "5 fine-tuning runs" in line and "lora-r2" in line and "lora-r64" not in line
+    assert "\n" not in line and "7 fine-tuning runs" in line and "lora-r2" in line and "dora-r8" in line and "pissa-r8" in line and "lora-r64" not in line
     assert "scratch" in line and "threads" in line

@@ -165,9 +165,9 @@ def test_gpt2_layout_folder_fine_tunes_with_bpe_and_short_blocks(files):
 
 def test_compare_writes_table_and_plot(files):
     summary = run_compare(_cfg(files, "lora", name="compare", steps=10), ranks=(1, 4))
-    assert list(summary["reports"]) == ["full", "lora-r1", "lora-r4", "qlora-r8", "scratch"]
+    assert list(summary["reports"]) == ["full", "lora-r1", "lora-r4", "qlora-r8", "dora-r8", "pissa-r8", "scratch"]
     table = (files / "compare" / "compare.md").read_text()
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 5 and (files / "compare" / "compare.png").is_file()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + 7 and (files / "compare" / "compare.png").is_file()
 
 
 @pytest.mark.parametrize("change, match", [
@@ -181,6 +181,10 @@ def test_compare_writes_table_and_plot(files):
     (dict(targets="lm_head"), "'lm_head' shares its weight"),
     (dict(targets="c_attn, lm_head"), "'lm_head' shares its weight"),
     (dict(targets="lm_head", method="qlora"), "'lm_head' shares its weight"),
+    (dict(init="olora"), "init='olora'"),
+    (dict(init="pissa", method="qlora"), "init='pissa' needs the float base"),
+    (dict(dora=True, method="full"), "method='full' trains every weight"),
+    (dict(dora=1), "dora=1"),
 ])
 def test_bad_config_raises_before_anything_is_written(files, change, match):
     cfg = dataclasses.replace(_cfg(files, "lora", name="bad"), **change)
