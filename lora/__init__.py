@@ -30,6 +30,7 @@ from lora.nf4 import (
     unpack_nibbles,
 )
 from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
+from lora.qmerge import merge_and_requantize
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
 from lora.safetensors_io import load_file, save_file
 
@@ -40,4 +41,4 @@ __all__ += ["LoRALinear", "lora_scaling", "apply_lora", "disable_lora", "lora_la
 __all__ += ["LoRAAdapter", "active_adapters", "add_weighted_adapter", "delete_adapter", "list_adapters", "set_adapter"]
 __all__ += ["NF4Weight", "bits_per_parameter", "block_absmax", "dequantize_nf4", "double_dequantize", "double_quantize",
             "nbytes", "nf4_codebook", "pack_nibbles", "quantize_nf4", "unpack_nibbles", "LinearNF4",
-            "model_weight_bytes", "quantize_model"]
+            "model_weight_bytes", "quantize_model", "merge_and_requantize"]
