@@ -30,8 +30,8 @@ from lora.nf4 import (
     unpack_nibbles,
 )
 from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
-from lora.qmerge import merge_and_requantize
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
+from lora.qmerge import merge_and_requantize
 from lora.safetensors_io import load_file, save_file
 
 __all__ = ["atomic_write", "load_file", "save_file"]
