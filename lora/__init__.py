@@ -36,6 +36,7 @@ from lora.nf4 import (
 )
 from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
+from lora.qmerge import merge_and_requantize
 from lora.safetensors_io import load_file, save_file
 from lora.targets import layer_rank_alpha, resolve_rank_alpha, select_layers
 from lora.tied import tied_weight_groups, tied_with, untie_weight
@@ -47,7 +48,7 @@ __all__ += ["LoRALinear", "lora_scaling", "apply_lora", "disable_lora", "lora_la
 __all__ += ["LoRAAdapter", "active_adapters", "add_weighted_adapter", "delete_adapter", "list_adapters", "set_adapter"]
 __all__ += ["NF4Weight", "bits_per_parameter", "block_absmax", "dequantize_nf4", "double_dequantize", "double_quantize",
             "nbytes", "nf4_codebook", "pack_nibbles", "quantize_nf4", "unpack_nibbles", "LinearNF4",
-            "model_weight_bytes", "quantize_model"]
+            "model_weight_bytes", "quantize_model", "merge_and_requantize"]
 __all__ += ["dora_forward", "dora_magnitude_init", "dora_scale", "dora_unmerge_weight", "dora_weight", "weight_norm",
             "LoRAEmbedding", "lora_embeddings", "INIT_METHODS", "gaussian_init", "lora_init", "pissa_init",
             "pissa_quantization_error", "layer_rank_alpha", "resolve_rank_alpha", "select_layers",
