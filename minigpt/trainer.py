@@ -28,6 +28,7 @@ from lora.checks import check_bool, check_choice, check_float, check_int
 from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_checkpoint, rank_world, save_checkpoint
 from minigpt.data import get_batch
 from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
+from minigpt.evaluate import estimate_loss
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.threads import fitted_threads
 
@@ -102,31 +103,6 @@ class TrainResult:
     optimizer_state_bytes: int = 0       # every tensor in the optimizer's state
     checkpoint_path: str | None = None
     threads: str | None = None           # the thread choice, in words (minigpt.threads.ThreadChoice.describe)
-
-
-@torch.no_grad()
-def estimate_loss(model, data, cfg):
-    """Mean loss over cfg.eval_batches batches of cfg.batch_size windows of `data`.
-
-    The batches come from a fresh generator seeded with cfg.seed, so every evaluation sees the same
-    windows and evaluations compare. The model runs in eval mode, then gets its previous mode back.
-    `cfg` is a TrainConfig or anything with batch_size, block_size, eval_batches and seed.
-    """
-    raw = getattr(model, "_orig_mod", model)  # a compiled model keeps the module here
-    block = cfg.block_size or raw.config.block_size
-    device = next(raw.parameters()).device
-    generator = torch.Generator().manual_seed(cfg.seed)
-    was_training = model.training
-    model.eval()
-    try:
-        total = 0.0
-        for _ in range(cfg.eval_batches):
-            x, y = get_batch(data, cfg.batch_size, block, generator=generator, device=device)
-            with autocast(device):
-                total += model(x, y)[1].item()
-    finally:
-        model.train(was_training)
-    return total / cfg.eval_batches
 
 
 def _resolve(cfg, model, world):

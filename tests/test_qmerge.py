@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import assert_unchanged, snapshot, tiny_gpt
 from lora.inject import apply_lora, lora_layers, merge_and_unload
 from lora.layer import LoRALinear
 from lora.nf4 import dequantize_nf4, nbytes, nf4_codebook, quantize_nf4
 from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.qmerge import merge_and_requantize, nf4_half_gap, requantization_bound, requantized_layer
-from helpers import assert_unchanged, snapshot, tiny_gpt
 
 
 def trained_qlora(double_quant=True, targets="all-linear", seed=0):
