@@ -69,7 +69,7 @@ def main(argv=None):
         model, tokenizer = load_model(args.source or args.ckpt, base=args.base, device=pick_device(args.device))
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"error: {e}\n")
-    with fitted_threads(model, args.threads) as choice:
+    with fitted_threads(args.threads) as choice:
         print(f"threads: {choice.describe()}", file=sys.stderr)  # stdout holds only the samples
         texts = sample(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k or None, seed=args.seed, num_samples=args.num_samples)

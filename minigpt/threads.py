@@ -13,9 +13,13 @@ competitor went from about 0.08 s to 4 s (docs/results.md). Two remedies:
   anything else, which covers `python -m minigpt.<command>` (Python imports the package first) and
   code that imports minigpt before torch. A notebook that imports torch first keeps OpenMP's default;
   the thread count below still applies there.
-- fewer threads: one thread has no worker to wait for, and it can be set at any time
-  (torch.set_num_threads). Small models gain little from a second thread, since their matrices are
-  too small to split well, so they get one; larger models get every usable core.
+- as many threads as there are free cores: a thread that has to share its core with another process
+  makes every parallel region wait for it. At the start of a run we count the processes that are
+  running right now (Linux: /proc/loadavg's runnable count, the least of a few readings) and use the
+  cores they leave free, at least one. Measured on 2 cores (docs/results.md, benchmark section 7):
+  the tiny model's training step takes 42 ms on 2 threads and 72 ms on 1 when the machine is idle,
+  and beside one busy process 1 thread (75 ms) beats 2 (80 to 90 ms, and seconds under heavier load).
+  The count is read once per run: a competitor that starts later is met by the passive wait policy.
 
 The user's choice always wins: an explicit thread count (`--threads`, TrainConfig.threads), then
 OMP_NUM_THREADS, and OMP_WAIT_POLICY when it is set. This module imports no torch at its top: it runs
@@ -24,9 +28,10 @@ before torch is loaded.
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
-SMALL_MODEL_PARAMS = 5_000_000  # at most this many parameters: one thread (the tiny preset has 0.8M)
+READINGS = 5  # /proc/loadavg readings, 10 ms apart; the least is taken (a reading catches short-lived work too)
 
 
 def prefer_passive_wait():
@@ -49,6 +54,28 @@ def usable_cores():
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
+def other_running():
+    """Processes (threads) running or waiting for a core right now besides this one; 0 where unknown.
+
+    The fourth field of /proc/loadavg is "runnable/total" scheduling entities, this reader included.
+    """
+    readings = []
+    for i in range(READINGS):
+        try:
+            with open("/proc/loadavg", encoding="ascii") as f:
+                readings.append(int(f.read().split()[3].split("/")[0]) - 1)
+        except (OSError, ValueError, IndexError):  # not Linux, or an unexpected format
+            return 0
+        if i + 1 < READINGS:
+            time.sleep(0.01)
+    return max(0, min(readings))
+
+
+def free_cores():
+    """Usable cores minus the other processes running now, at least 1."""
+    return max(1, usable_cores() - other_running())
+
+
 @dataclass
 class ThreadChoice:
     threads: int       # torch.set_num_threads
@@ -59,8 +86,8 @@ class ThreadChoice:
         return f"{self.threads} thread(s) ({self.reason}); OpenMP wait policy {self.wait_policy}"
 
 
-def choose_threads(n_params, requested=None):
-    """The thread count for a model of n_params parameters: `requested`, else OMP_NUM_THREADS, else fitted.
+def choose_threads(requested=None):
+    """The thread count of a run: `requested`, else OMP_NUM_THREADS, else the cores free right now.
 
     Raises:
         ValueError: requested, or OMP_NUM_THREADS, is not a positive integer.
@@ -74,32 +101,24 @@ def choose_threads(n_params, requested=None):
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"OMP_NUM_THREADS={env!r}: must be a positive integer")
         return ThreadChoice(int(env), "OMP_NUM_THREADS", wait_policy())
-    if n_params <= SMALL_MODEL_PARAMS:
-        return ThreadChoice(1, f"{n_params / 1e6:.1f}M parameters: too small to gain from more", wait_policy())
-    cores = usable_cores()
-    return ThreadChoice(cores, f"{n_params / 1e6:.0f}M parameters: every usable core", wait_policy())
+    cores, free = usable_cores(), free_cores()
+    return ThreadChoice(free, f"{free} of {cores} cores free now", wait_policy())
 
 
 def threads_header(requested=None):
     """The thread rule in words, for a run's header printed before its model is built."""
     if requested is not None or os.environ.get("OMP_NUM_THREADS"):
-        return choose_threads(0, requested).describe()
-    return (f"1 for models up to {SMALL_MODEL_PARAMS / 1e6:g}M parameters, else {usable_cores()} (every usable "
-            f"core); OpenMP wait policy {wait_policy()}")
-
-
-def model_params(model):
-    """Distinct parameters of a module (shared tensors once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return choose_threads(requested).describe()
+    return f"one per free core ({free_cores()} of {usable_cores()} now); OpenMP wait policy {wait_policy()}"
 
 
 @contextlib.contextmanager
-def fitted_threads(model, requested=None):
-    """choose_threads for `model`, applied with torch.set_num_threads inside the block and undone after it;
+def fitted_threads(requested=None):
+    """choose_threads, applied with torch.set_num_threads inside the block and undone after it;
     yields the ThreadChoice."""
     import torch
 
-    choice = choose_threads(model_params(model), requested)
+    choice = choose_threads(requested)
     previous = torch.get_num_threads()
     torch.set_num_threads(choice.threads)
     try:

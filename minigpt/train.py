@@ -23,7 +23,7 @@ from minigpt.checkpoint import rank_world
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.device import DEVICES
 from minigpt.model import GPT, PRESETS, GPTConfig
-from minigpt.threads import choose_threads, model_params
+from minigpt.threads import choose_threads
 from minigpt.tokenizer import get_tokenizer
 from minigpt.trainer import TrainConfig, train
 
@@ -103,7 +103,7 @@ def main(argv=None):
     if rank_world()[0] == 0:
         print(f"{model.num_parameters():,} parameters; {len(train_ids):,} train and {len(val_ids):,} val tokens "
               f"({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size})")
-        print(f"threads: {choose_threads(model_params(model), cfg.threads).describe()}")
+        print(f"threads: {choose_threads(cfg.threads).describe()}")
     result = train(model, train_ids, val_ids, cfg, extra={"tokenizer": tokenizer.to_dict(), "data": args["data"]})
     if rank_world()[0] == 0:
         print(f"step {cfg.steps}: val loss {result.final_val_loss:.4f}; {result.wall_time:.1f} s in all, "

@@ -281,7 +281,7 @@ def train(model, train_data, val_data, cfg, param_groups=None, callback=None, ex
             the weights keep that step's starting values and no checkpoint is written after it.
     """
     cfg = _resolve(cfg, model, rank_world()[1])
-    with fitted_threads(model, cfg.threads) as choice:
+    with fitted_threads(cfg.threads) as choice:
         result = _train(model, train_data, val_data, cfg, param_groups, callback, extra)
     result.threads = choice.describe()
     return result

@@ -7,38 +7,45 @@ import sys
 import pytest
 import torch
 
-from helpers import tiny_gpt
-from minigpt.threads import SMALL_MODEL_PARAMS, choose_threads, fitted_threads, prefer_passive_wait, usable_cores
+from minigpt import threads
+from minigpt.threads import choose_threads, fitted_threads, prefer_passive_wait
 
 
-def test_small_models_get_one_thread_and_large_ones_every_core(monkeypatch):
+def test_the_fitted_count_is_the_cores_other_processes_leave_free(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert choose_threads(SMALL_MODEL_PARAMS).threads == 1
-    assert choose_threads(SMALL_MODEL_PARAMS + 1).threads == usable_cores()
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    for others, expected in ((0, 4), (1, 3), (3, 1), (9, 1)):  # never fewer than one thread
+        monkeypatch.setattr(threads, "other_running", lambda others=others: others)
+        assert choose_threads().threads == expected
+
+
+def test_other_running_reads_a_count_from_proc_loadavg():
+    n = threads.other_running()
+    assert isinstance(n, int) and n >= 0  # 0 off Linux; on Linux the runnable count less this reader
 
 
 def test_an_explicit_count_beats_omp_num_threads_which_beats_the_fitted_count(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert (choose_threads(100).threads, choose_threads(100).reason) == (3, "OMP_NUM_THREADS")
-    assert (choose_threads(100, requested=2).threads, choose_threads(100, 2).reason) == (2, "requested")
+    assert (choose_threads().threads, choose_threads().reason) == (3, "OMP_NUM_THREADS")
+    assert (choose_threads(requested=2).threads, choose_threads(2).reason) == (2, "requested")
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
 def test_a_bad_thread_count_raises_naming_it(bad):
     with pytest.raises(ValueError, match="threads="):
-        choose_threads(100, requested=bad)
+        choose_threads(requested=bad)
 
 
 def test_a_bad_omp_num_threads_raises_naming_it(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="OMP_NUM_THREADS='many'"):
-        choose_threads(100)
+        choose_threads()
 
 
 def test_fitted_threads_applies_the_choice_and_restores_the_previous_count(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    with fitted_threads(tiny_gpt(), requested=before + 1) as choice:
+    with fitted_threads(requested=before + 1) as choice:
         assert torch.get_num_threads() == choice.threads == before + 1
     assert torch.get_num_threads() == before
 

@@ -41,10 +41,10 @@ def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds,
     import torch
 
     from minigpt.bench.train_step import build_model, make_optimizer, make_step, random_batch
-    from minigpt.threads import choose_threads, model_params
+    from minigpt.threads import choose_threads
 
     model = build_model(preset, "full", seed)
-    choice = choose_threads(model_params(model)) if threads == "fitted" else None
+    choice = choose_threads() if threads == "fitted" else None
     if choice is not None:
         torch.set_num_threads(choice.threads)
     x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
