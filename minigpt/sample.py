@@ -56,7 +56,7 @@ def build_parser():
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples, one generator for all (default: 1)")
     p.add_argument("--seed", type=int, default=1337, metavar="N", help="seed of the sampling generator (default: 1337)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default: auto)")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: fitted to the model's size)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads (default: $OMP_NUM_THREADS, else one per free core)")
     return p
 
 

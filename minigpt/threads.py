@@ -79,7 +79,7 @@ def free_cores():
 @dataclass
 class ThreadChoice:
     threads: int       # torch.set_num_threads
-    reason: str        # why: "--threads", "OMP_NUM_THREADS" or the model's size
+    reason: str        # why: "requested", "OMP_NUM_THREADS" or the free cores
     wait_policy: str   # OMP_WAIT_POLICY in effect
 
     def describe(self):

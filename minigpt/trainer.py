@@ -68,7 +68,7 @@ class TrainConfig:
     trainable_only: bool = False       # checkpoint only the parameters with requires_grad (LoRA)
     resume: bool = False               # continue from out/ckpt.pt when it exists
     metrics_path: str | None = None    # JSON lines, one per step
-    threads: int | None = None         # torch threads while training; None = fitted to the model (minigpt.threads)
+    threads: int | None = None         # torch threads while training; None = one per free core (minigpt.threads)
 
     def __post_init__(self):
         for f in fields(self):

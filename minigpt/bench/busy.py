@@ -7,7 +7,7 @@ full fine-tuning step without it and beside it, under several thread settings:
     torch defaults      every usable core, OMP_WAIT_POLICY unset (what the project did before)
     ACTIVE              every usable core, OMP_WAIT_POLICY=ACTIVE (idle workers spin without end)
     PASSIVE, all cores  every usable core, OMP_WAIT_POLICY=PASSIVE (the wait policy alone)
-    minigpt's choice    minigpt.threads: passive waiting and a thread count fitted to the model
+    minigpt's choice    minigpt.threads: passive waiting and one thread per core free at the start
 
 OpenMP reads its wait policy when torch loads it, so each setting runs in a fresh `python` started
 with its own environment; the first three import torch first, the last imports minigpt first, as

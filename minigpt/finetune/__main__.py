@@ -37,8 +37,7 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
                   "or a download)"),
     ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
     ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default: $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
-    ("threads", int, "torch threads while training (default: $OMP_NUM_THREADS, else 1 for models up to 5M "
-                     "parameters and every usable core above)"),
+    ("threads", int, "torch threads while training (default: $OMP_NUM_THREADS, else one per core free at the start)"),
 )
 
 

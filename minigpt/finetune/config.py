@@ -57,7 +57,7 @@ class FinetuneConfig:
     sample_tokens: int = 200      # tokens sampled after the prompt
     cache_dir: str | None = None  # cache of tiny bases and GPT-2 downloads; None = minigpt.download.cache_dir()
     progress: bool = True         # progress bars
-    threads: int | None = None    # torch threads; None = fitted to the model's size (minigpt.threads)
+    threads: int | None = None    # torch threads; None = $OMP_NUM_THREADS, else one per free core (minigpt.threads)
 
 
 def method_label(cfg):
