@@ -42,6 +42,7 @@ TRAIN_FLAGS = (  # (TrainConfig field, metavar, help); the default is read from 
     ("out", "DIR", "output folder of ckpt.pt (default: out-<text>-<tokenizer>, e.g. out-shakespeare-char)"),
     ("checkpoint_interval", "N", "also checkpoint every N steps; 0 = at the end only"),
     ("metrics_path", "FILE", "JSON lines, one per step (default: none)"),
+    ("threads", "N", "torch threads (default: $OMP_NUM_THREADS, else one per core free at the start)"),
 )
 SWITCHES = (("compile", "torch.compile the model"), ("resume", "continue from --out's ckpt.pt when it exists"),
             ("gradient_checkpointing", "recompute activations in backward: less memory, more time"))

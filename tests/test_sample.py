@@ -18,7 +18,7 @@ def run_dir(tmp_path_factory):
     (root / "input.txt").write_text(TEXT)
     train_cli.main(["--preset", "test", "--tokenizer", "char", "--data", str(root / "input.txt"),
                     "--steps", "20", "--lr-decay-steps", "20", "--batch-size", "4", "--block-size", "16",
-                    "--dropout", "0.0", "--no-bias", "--eval-batches", "2", "--device", "cpu", "--no-progress",
+                    "--dropout", "0.0", "--no-bias", "--eval-batches", "2", "--device", "cpu", "--threads", "1", "--no-progress",
                     "--out", str(root / "run")])
     return root / "run"
 
@@ -29,6 +29,7 @@ def test_train_cli_writes_a_checkpoint_with_its_flags(run_dir):
     assert ckpt["model_config"] == dict(vocab_size=len(set(TEXT)), block_size=16, n_layer=2, n_head=2, n_embd=16,
                                         dropout=0.0, bias=False)
     assert ckpt["train_config"]["batch_size"] == 4 and ckpt["train_config"]["lr_decay_steps"] == 20
+    assert ckpt["train_config"]["threads"] == 1
     assert ckpt["extra"]["tokenizer"] == {"name": "char", "chars": "".join(sorted(set(TEXT)))}
 
 
