@@ -20,7 +20,15 @@ from lora.init import check_init, lora_init
 from lora.layer import LoRALinear, check_adapter_name, check_lora_hparams, is_quantized_linear, lora_scaling
 from lora.merge import disable_lora, merge_and_unload, merge_lora, unmerge_lora
 from lora.model_layers import active_adapters, lora_embeddings, lora_layers, mark_only_lora_trainable
-from lora.targets import ALL_LINEAR, as_regex, parse_targets, resolve_rank_alpha, select_layers, set_module
+from lora.targets import (
+    ALL_LINEAR,
+    as_regex,
+    check_not_a_layer,
+    parse_targets,
+    resolve_rank_alpha,
+    select_layers,
+    set_module,
+)
 from lora.tied import tied_with
 
 __all__ = ["active_adapters", "apply_lora", "disable_lora", "lora_embeddings", "lora_layers",
@@ -75,6 +83,7 @@ def plan_layers(model, rank, alpha, dropout=0.0, targets=("c_attn",), use_rslora
     check_lora_hparams(rank, alpha, dropout, use_rslora, options["use_dora"])
     check_init(options["init"])
     check_adapter_name(adapter_name)
+    check_not_a_layer(model, (nn.Linear, nn.Embedding, LoRALinear, LoRAEmbedding))  # also before its other checks
     _check_same_settings(model, adapter_name, rank, alpha, use_rslora, targets, options)
     # quantized linear classes are found by duck type, so this module imports none of them
     types = {nn.Linear, LoRALinear} | {type(m) for m in model.modules() if is_quantized_linear(m)}

@@ -60,6 +60,14 @@ def parse_targets(targets):
     return targets
 
 
+def check_not_a_layer(model, types):
+    """Refuse a model that is itself a targetable layer: it has no parent to be swapped into."""
+    if isinstance(model, types):
+        raise ValueError(f"the model is itself a {type(model).__name__} layer: layers are replaced inside a model, "
+                         "so wrap it first (nn.Sequential(layer)), or wrap the layer directly (LoRALinear(layer, ...), "
+                         "LinearNF4.from_linear(layer))")
+
+
 def resolve_targets(model, targets, types=(nn.Linear,)):
     """Return the sorted-by-position list of (name, module) pairs that `targets` selects.
 
@@ -72,6 +80,7 @@ def resolve_targets(model, targets, types=(nn.Linear,)):
             names), or a target that names a module of another type.
     """
     targets = parse_targets(targets)
+    check_not_a_layer(model, types)
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, types)]
     candidate_names = [n for n, _ in candidates]
     if targets == [ALL_LINEAR]:
@@ -169,6 +178,7 @@ def select_layers(model, targets, exclude=None, layers_to_transform=None, layers
             message lists the candidates), a chosen module of another type, or nothing left at the end.
     """
     regex = as_regex(targets)
+    check_not_a_layer(model, types)
     if regex is not None and layers_to_transform is not None:
         raise ValueError("layers_to_transform cannot be used with a regular-expression target (PEFT's rule)")
     if layers_pattern and layers_to_transform is None:

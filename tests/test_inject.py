@@ -339,3 +339,11 @@ def test_gradient_checkpointing_gives_same_lora_grads():
     assert all(plain[n].abs().max() > 0 for n in plain)
     for n in plain:
         torch.testing.assert_close(checkpointed[n], plain[n], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(4, 4), nn.Embedding(5, 4)], ids=["Linear", "Embedding"])
+def test_a_model_that_is_itself_a_layer_is_refused_not_made_its_own_child(layer):
+    before = [n for n, _ in layer.named_modules()]
+    with pytest.raises(ValueError, match=f"the model is itself a {type(layer).__name__} layer"):
+        apply_lora(layer, rank=2, alpha=4, targets="all-linear" if isinstance(layer, nn.Linear) else ["x"])
+    assert [n for n, _ in layer.named_modules()] == before == [""]

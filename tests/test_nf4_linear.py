@@ -251,3 +251,10 @@ def test_custom_backward_matches_linear_on_the_dequantised_weight(x_grad, bias_g
     got = torch.autograd.grad(layer(x), inputs, g)
     want = torch.autograd.grad(F.linear(x2, w, b), tuple(t for t, n in ((x2, x_grad), (b, bias_grad)) if n), g)
     assert all(torch.allclose(a, e, rtol=0, atol=1e-12) for a, e in zip(got, want, strict=True))
+
+
+def test_quantize_model_refuses_a_model_that_is_itself_a_linear_layer():
+    layer = nn.Linear(64, 64)
+    with pytest.raises(ValueError, match="the model is itself a Linear layer"):
+        quantize_model(layer, "all-linear")
+    assert [n for n, _ in layer.named_modules()] == [""]
