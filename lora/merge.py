@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from lora.embedding import LoRAEmbedding
 from lora.model_layers import lora_embeddings, lora_layers
 from lora.targets import set_module
 from lora.tied import tied_with
@@ -31,7 +32,7 @@ def check_untied(model, layers):
 
 def merge_lora(model):
     """merge() every LoRA layer (W ← W + ΔW of its active adapters, DoRA's W' for a DoRA adapter) and
-    embedding; if one fails, the ones merged by this call are unmerged. Switching adapters afterwards
+    embedding; if one fails, the ones merged by this call get their old weights back, bit for bit. Switching adapters afterwards
     raises until unmerge_lora(model).
 
     Raises:
@@ -41,16 +42,29 @@ def merge_lora(model):
     layers = [(n, m) for n, m in lora_layers(model) if not m.merged and m.active_adapters]
     layers += [(n, m) for n, m in lora_embeddings(model) if not m.merged and m.active and not m.disabled]
     check_untied(model, layers)
-    done = []
+    done = []  # (layer, its base weight before this call)
     try:
         for _, layer in layers:
+            before = layer.base.weight.detach().clone()
             layer.merge()
-            done.append(layer)
+            done.append((layer, before))
     except ValueError:
-        for layer in done:
-            layer.unmerge()
+        with torch.no_grad():
+            for layer, before in done:  # bit-exact: the old weight is copied back, not W + ΔW − ΔW computed
+                layer.base.weight.copy_(before)
+                _forget_merge(layer)
         raise
     return model
+
+
+def _forget_merge(layer):
+    """Mark a layer whose old weight was restored as unmerged (the bookkeeping merge() set)."""
+    if isinstance(layer, LoRAEmbedding):
+        layer.merged = False
+        return
+    layer.merged_adapters = []
+    for adapter in layer.adapters.values():
+        adapter.dora_norm = None
 
 
 def unmerge_lora(model):

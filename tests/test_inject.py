@@ -347,3 +347,18 @@ def test_a_model_that_is_itself_a_layer_is_refused_not_made_its_own_child(layer)
     with pytest.raises(ValueError, match=f"the model is itself a {type(layer).__name__} layer"):
         apply_lora(layer, rank=2, alpha=4, targets="all-linear" if isinstance(layer, nn.Linear) else ["x"])
     assert [n for n, _ in layer.named_modules()] == before == [""]
+
+
+def test_a_failed_merge_restores_every_weight_bit_for_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    apply_lora(model, rank=4, alpha=8, targets=["0", "1"])
+    with torch.no_grad():
+        model[0].lora_B.normal_(std=3.0)  # W + ΔW − ΔW is not W in float32 for such a ΔW
+        model[1].lora_B.fill_(float("inf"))  # the second merge fails: its merged weight is not finite
+    before = [m.base.weight.detach().clone() for m in model]
+    with pytest.raises(ValueError):
+        merge_lora(model)
+    assert all(torch.equal(m.base.weight, b) for m, b in zip(model, before, strict=True))
+    assert not any(m.merged for m in model)
+    assert not torch.equal((before[0] + model[0].delta_weight()) - model[0].delta_weight(), before[0])  # not vacuous
