@@ -36,6 +36,17 @@ def perturb(model):
                 p.add_(0.1 * torch.randn_like(p))
 
 
+def assert_merges_keep_logits(model, atol=1e-5):
+    """merge_lora, unmerge_lora and merge_and_unload each give the unmerged model's logits."""
+    x = ids()
+    unmerged = logits(model, x)
+    merge_lora(model)
+    torch.testing.assert_close(logits(model, x), unmerged, rtol=0, atol=atol)
+    unmerge_lora(model)
+    torch.testing.assert_close(logits(model, x), unmerged, rtol=0, atol=atol)
+    torch.testing.assert_close(logits(merge_and_unload(model), x), unmerged, rtol=0, atol=atol)
+
+
 def test_dora_at_init_equals_base_output_exactly():
     model = tiny_gpt().double().eval()
     x = ids()
@@ -49,13 +60,7 @@ def test_dora_at_init_equals_base_output_exactly():
 def test_dora_merged_and_unmerged_agree():
     model = apply_lora(tiny_gpt().eval(), rank=2, alpha=4, targets="all-linear", use_dora=True)
     perturb(model)
-    x = ids()
-    unmerged = logits(model, x)
-    merge_lora(model)
-    torch.testing.assert_close(logits(model, x), unmerged, rtol=0, atol=1e-5)
-    unmerge_lora(model)
-    torch.testing.assert_close(logits(model, x), unmerged, rtol=0, atol=1e-5)
-    torch.testing.assert_close(logits(merge_and_unload(model), x), unmerged, rtol=0, atol=1e-5)
+    assert_merges_keep_logits(model)
 
 
 def test_dora_norm_term_gets_no_gradient_and_magnitude_trains():
@@ -142,12 +147,7 @@ def test_embedding_lora_merge_preserves_lookup():
     apply_lora(model, rank=2, alpha=4, targets=("wte", "c_attn"))
     assert [n for n, _ in lora_embeddings(model)] == ["transformer.wte"]
     perturb(model)
-    x = ids()
-    unmerged = logits(model, x)
-    merge_lora(model)
-    torch.testing.assert_close(logits(model, x), unmerged, rtol=0, atol=1e-5)
-    unmerge_lora(model)
-    torch.testing.assert_close(logits(merge_and_unload(model), x), unmerged, rtol=0, atol=1e-5)
+    assert_merges_keep_logits(model)
     assert isinstance(model.transformer.wte, nn.Embedding)
 
 
