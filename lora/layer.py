@@ -211,6 +211,8 @@ class LoRALinear(nn.Module):
             w = self._checked_sum(self.base.dequantize_weight(), +1)
         bias = self.base.bias
         linear = nn.Linear(self.in_features, self.out_features, bias=bias is not None, device=w.device, dtype=w.dtype)
+        if isinstance(self.base, nn.Linear):  # keep the base weight's memory layout (its strides), not only its values
+            linear.weight = nn.Parameter(torch.empty_like(self.base.weight, dtype=w.dtype))
         linear.weight.copy_(w)
         if bias is not None:
             linear.bias.copy_(bias)

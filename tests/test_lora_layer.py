@@ -239,6 +239,17 @@ def test_to_linear_holds_merged_weight_and_leaves_layer_unchanged():
     assert torch.equal(layer.base.weight, original) and not layer.merged
 
 
+def test_to_linear_keeps_the_base_weights_memory_layout():
+    base = nn.Linear(D_IN, D_OUT, dtype=torch.float64)
+    base.weight = nn.Parameter(base.weight.detach().t().contiguous().t())  # stored (d_in, d_out), as GPT-2's Conv1D
+    layer = LoRALinear(base, RANK, ALPHA)
+    perturb_b(layer)
+    linear = layer.to_linear()
+    assert linear.weight.stride() == base.weight.stride() == (1, D_OUT)
+    torch.testing.assert_close(linear.weight, base.weight + layer.delta_weight(), rtol=0, atol=1e-12)
+    assert not linear.weight.requires_grad
+
+
 def test_quantized_base_by_duck_typing():
     dense = nn.Linear(D_IN, D_OUT)
     base = FakeQuantLinear(dense.weight.detach(), dense.bias.detach())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minigpt.model import GPT, GPTConfig
+from minigpt.pretrained import load_pretrained, save_pretrained
 
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
@@ -198,3 +199,46 @@ def test_gpt2_initialisation_statistics():
             assert abs(p.mean().item()) < 5 * want / math.sqrt(p.numel()), name
             checked += 1
     assert checked == 2 + 4 * n_layer  # wte (= lm_head), wpe, and c_attn, attn.c_proj, c_fc, mlp.c_proj per block
+
+
+def block_linears(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".h." in f".{n}"}
+
+
+def in_conv1d_layout(w):
+    """(d_out, d_in) values stored as GPT-2's Conv1D stores them: (d_in, d_out) row by row."""
+    return w.stride() == (1, w.size(0))
+
+
+def test_block_weights_are_stored_in_conv1d_layout_with_linear_shapes_and_values():
+    model = tiny_model()
+    layers = block_linears(model)
+    assert len(layers) == 4 * model.config.n_layer
+    for name, m in layers.items():
+        assert m.weight.shape == (m.out_features, m.in_features), name
+        assert in_conv1d_layout(m.weight) and not m.weight.is_contiguous(), name
+    assert model.lm_head.weight.is_contiguous()  # tied to wte, which is read a row per token
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    fc = block_linears(model.double())["transformer.h.0.mlp.c_fc"]
+    assert torch.allclose(fc(x), x @ fc.weight.detach().contiguous().T + fc.bias, atol=1e-12, rtol=0)
+
+
+def test_conv1d_layout_survives_training_steps_dtype_moves_and_loading_weights(tmp_path):
+    model = tiny_model().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx = torch.randint(64, (2, 8))
+    before = block_linears(model)["transformer.h.1.attn.c_attn"].weight.detach().clone()
+    for _ in range(2):
+        opt.zero_grad()
+        model(idx, idx)[1].backward()
+        opt.step()
+    grads = [m.weight.grad for m in block_linears(model).values()]
+    assert all(g is not None and in_conv1d_layout(g) for g in grads)  # no relayout copy in backward
+    after = block_linears(model)["transformer.h.1.attn.c_attn"].weight
+    assert not torch.equal(after, before)  # the steps did update the weights...
+    assert all(in_conv1d_layout(m.weight) for m in block_linears(model).values())  # ...in place
+    fresh = tiny_model()
+    fresh.load_state_dict(model.state_dict())
+    save_pretrained(model, tmp_path)  # a GPT-2 folder: load_pretrained builds on the meta device, then fills it
+    for m in (fresh, fresh.to(torch.float64), load_pretrained(tmp_path)):
+        assert all(in_conv1d_layout(layer.weight) for layer in block_linears(m).values())
