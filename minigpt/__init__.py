@@ -1,9 +1,9 @@
 """minigpt: a GPT-2-compatible GPT from scratch, with tokenizers, data, training, sampling and fine-tuning."""
 
-from minigpt.threads import prefer_passive_wait
+from minigpt.threads import choose_wait_policy
 
-# before anything below imports torch: OpenMP reads its wait policy once, when torch loads it (minigpt.threads)
-prefer_passive_wait()
+# before anything below imports torch: OpenMP reads how to wait once, when torch loads it (minigpt.threads)
+choose_wait_policy()
 
 from minigpt.data import encode_text, get_batch, load_tiny_shakespeare, split_train_val, tiny_shakespeare_path
 from minigpt.download import cache_dir, data_dir

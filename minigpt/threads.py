@@ -1,29 +1,35 @@
 """How many threads torch computes with, and how its idle OpenMP threads wait: chosen for a busy machine.
 
 torch's CPU kernels run on an OpenMP thread pool (GNU libgomp in the Linux wheels) of one thread per
-core. Between two parallel regions a worker spins, burning its core, before it sleeps. When another
-process holds one of the cores, every region waits for the worker that shares a core with it, and the
-spinning workers take time slices from it: a tiny-model training step on 2 cores with one busy
-competitor went from about 0.08 s to 4 s (docs/results.md). Two remedies:
+core. Between two parallel regions a worker spins, burning its core, before it sleeps (libgomp: for
+300,000 spins, about 3 ms). When another process holds one of the cores, every region waits for the
+worker that shares a core with it, and the spinning workers take time slices from it: a tiny-model
+training step on 2 cores beside busy processes went from about 0.05 s to 2 to 4 s (docs/results.md).
+Two remedies:
 
-- OMP_WAIT_POLICY=PASSIVE: idle workers sleep at once instead of spinning. libgomp reads the variable
-  once, when torch loads it, so it must be in the environment before the first `import torch`.
-  Measured (torch 2.13, libgomp): set after `import torch` it changes nothing; set before, it removes
-  most of the slowdown. minigpt/__init__.py therefore calls prefer_passive_wait() before it imports
-  anything else, which covers `python -m minigpt.<command>` (Python imports the package first) and
-  code that imports minigpt before torch. A notebook that imports torch first keeps OpenMP's default;
-  the thread count below still applies there.
+- a short spin: idle workers spin for 1,000 spins (about 10 µs) and then sleep. Back-to-back parallel
+  regions still find their workers awake, so an idle machine keeps its speed, and a worker that has
+  to share its core sleeps instead of taking the other process's time slices. Sleeping at once
+  (OMP_WAIT_POLICY=PASSIVE) copes as well with competition, but measured 1.27x slower on an idle
+  machine (57 against 45 ms per step), because each parallel region must wake its workers.
+  libgomp reads GOMP_SPINCOUNT (which wins over the wait policy) once, when torch loads it, so it
+  must be in the environment before the first `import torch`; set after it, it changes nothing.
+  We also set OMP_WAIT_POLICY=PASSIVE for the other OpenMP runtimes (LLVM's libomp on macOS, Intel's),
+  which read the standard variable and not GOMP_SPINCOUNT. minigpt/__init__.py calls
+  choose_wait_policy() before it imports anything else, which covers `python -m minigpt.<command>`
+  (Python imports the package first) and code that imports minigpt before torch. A notebook that
+  imports torch first keeps OpenMP's default; the thread count below still applies there.
 - as many threads as there are free cores: a thread that has to share its core with another process
   makes every parallel region wait for it. At the start of a run we count the processes that are
   running right now (Linux: /proc/loadavg's runnable count, the least of a few readings) and use the
   cores they leave free, at least one. Measured on 2 cores (docs/results.md, benchmark section 7):
-  the tiny model's training step takes 42 ms on 2 threads and 72 ms on 1 when the machine is idle,
-  and beside one busy process 1 thread (75 ms) beats 2 (80 to 90 ms, and seconds under heavier load).
-  The count is read once per run: a competitor that starts later is met by the passive wait policy.
+  the tiny model's training step takes about 45 ms on 2 threads and 72 ms on 1 when the machine is
+  idle, and beside one busy process 1 thread (72 to 78 ms) beats 2 (80 to 95 ms). The count is read
+  once per run: a competitor that starts later is met by the short spin.
 
 The user's choice always wins: an explicit thread count (`--threads`, TrainConfig.threads), then
-OMP_NUM_THREADS, and OMP_WAIT_POLICY when it is set. This module imports no torch at its top: it runs
-before torch is loaded.
+OMP_NUM_THREADS; and when OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, neither is touched. This module
+imports no torch at its top: it runs before torch is loaded.
 """
 
 import contextlib
@@ -34,18 +40,33 @@ from dataclasses import dataclass
 READINGS = 5  # /proc/loadavg readings, 10 ms apart; the least is taken (a reading catches short-lived work too)
 
 
-def prefer_passive_wait():
-    """Set OMP_WAIT_POLICY=PASSIVE unless the user set a policy; returns the policy in the environment.
+SPIN_COUNT = 1000  # libgomp spins before an idle worker sleeps; its default is 300,000
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
-    Takes effect only when called before torch is first imported (see the module docstring).
+
+def choose_wait_policy():
+    """Unless the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT, set GOMP_SPINCOUNT=1000 (libgomp: spin
+    briefly, then sleep) and OMP_WAIT_POLICY=PASSIVE (the other runtimes: sleep at once).
+
+    Returns the policy in words. Takes effect only when called before torch is first imported.
     """
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not any(os.environ.get(v) for v in WAIT_VARIABLES):
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return wait_policy()
 
 
-def wait_policy():
-    """The wait policy torch's OpenMP runs with, in words."""
-    policy = os.environ.get("OMP_WAIT_POLICY")
-    return policy.upper() if policy else "OpenMP's default (spin, then sleep)"
+def wait_policy(environ=None):
+    """How torch's idle OpenMP workers wait, in words, from `environ` (default: os.environ) as torch was
+    loaded with it."""
+    environ = os.environ if environ is None else environ
+    policy, spins = environ.get("OMP_WAIT_POLICY"), environ.get("GOMP_SPINCOUNT")
+    if spins:
+        return f"spin {spins} times, then sleep (GOMP_SPINCOUNT={spins}" + (f", OMP_WAIT_POLICY={policy})"
+                                                                              if policy else ")")
+    if policy:
+        return policy.upper()
+    return "OpenMP's default (spin, then sleep)"
 
 
 def usable_cores():

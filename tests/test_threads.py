@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minigpt import threads
-from minigpt.threads import choose_threads, fitted_threads, prefer_passive_wait
+from minigpt.threads import choose_threads, choose_wait_policy, fitted_threads, wait_policy
 
 
 def test_the_fitted_count_is_the_cores_other_processes_leave_free(monkeypatch):
@@ -50,21 +50,35 @@ def test_fitted_threads_applies_the_choice_and_restores_the_previous_count(monke
     assert torch.get_num_threads() == before
 
 
-def test_the_wait_policy_is_set_only_when_the_user_has_not(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert prefer_passive_wait() == "ACTIVE" and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
-    monkeypatch.delenv("OMP_WAIT_POLICY")
-    assert prefer_passive_wait() == "PASSIVE" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+@pytest.mark.parametrize("user", [dict(OMP_WAIT_POLICY="ACTIVE"), dict(GOMP_SPINCOUNT="5000")])
+def test_the_wait_policy_is_set_only_when_the_user_has_not(monkeypatch, user):
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    choose_wait_policy()
+    assert {n: os.environ.get(n) for n in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} == {
+        "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None, **user}  # neither of ours added to the user's
+    for name in user:
+        monkeypatch.delenv(name)
+    assert choose_wait_policy() == "spin 1000 times, then sleep (GOMP_SPINCOUNT=1000, OMP_WAIT_POLICY=PASSIVE)"
+    assert (os.environ["GOMP_SPINCOUNT"], os.environ["OMP_WAIT_POLICY"]) == ("1000", "PASSIVE")
+
+
+def test_the_wait_policy_is_described_from_the_environment_torch_read():
+    assert wait_policy({}) == "OpenMP's default (spin, then sleep)"
+    assert wait_policy({"OMP_WAIT_POLICY": "passive"}) == "PASSIVE"
+    assert wait_policy({"GOMP_SPINCOUNT": "10"}) == "spin 10 times, then sleep (GOMP_SPINCOUNT=10)"
 
 
 def test_importing_minigpt_sets_the_policy_before_torch_is_loaded():
     code = ("import sys, os\nimport minigpt.model\n"
-            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[:2] == ["PASSIVE", "True"]
+    assert out.stdout.split()[:3] == ["1000", "PASSIVE", "True"]
     imports = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line]
     # minigpt.threads is imported (and the policy set) before torch is
     assert imports.index("minigpt.threads") < imports.index("torch")

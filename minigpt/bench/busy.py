@@ -4,13 +4,14 @@ A student's laptop always runs something else. This section starts one competing
 (a pure-Python spin loop, bounded in time and stopped in a `finally`) and times section 1's tiny
 full fine-tuning step without it and beside it, under several thread settings:
 
-    torch defaults      every usable core, OMP_WAIT_POLICY unset (what the project did before)
-    ACTIVE              every usable core, OMP_WAIT_POLICY=ACTIVE (idle workers spin without end)
-    PASSIVE, all cores  every usable core, OMP_WAIT_POLICY=PASSIVE (the wait policy alone)
-    minigpt's choice    minigpt.threads: passive waiting and one thread per core free at the start
+    torch defaults          every usable core, OpenMP's default wait (spin 300,000 times, then sleep)
+    ACTIVE                  every usable core, OMP_WAIT_POLICY=ACTIVE (idle workers spin without end)
+    PASSIVE, all cores      every usable core, OMP_WAIT_POLICY=PASSIVE (idle workers sleep at once)
+    short spin, all cores   every usable core, minigpt's wait policy alone (minigpt.threads)
+    minigpt's choice        minigpt's wait policy and one thread per core free at the start
 
-OpenMP reads its wait policy when torch loads it, so each setting runs in a fresh `python` started
-with its own environment; the first three import torch first, the last imports minigpt first, as
+OpenMP reads its wait settings when torch loads it, so each setting runs in a fresh `python` started
+with its own environment; the first three import torch first, the last two import minigpt first, as
 `python -m minigpt.<command>` does. This section sets its own thread counts: --threads is not used.
 """
 
@@ -22,26 +23,28 @@ import time
 
 from minigpt.bench.harness import make_section, make_target, ms, spread_ms, summarize
 
-CHILD = ("import os\npolicy = os.environ.get('OMP_WAIT_POLICY')  # as OpenMP will read it\nimport {first}\n"
+CHILD = ("import os\nimport {first}\n"
+         "wait = {{v: os.environ.get(v) for v in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}}  # as OpenMP read them\n"
          "import json, sys\nfrom minigpt.bench.busy import busy_step_job\n"
-         "print('RESULT ' + json.dumps(busy_step_job(**json.loads(sys.argv[1]), policy=policy)))")
+         "print('RESULT ' + json.dumps(busy_step_job(**json.loads(sys.argv[1]), wait=wait)))")
 SPIN = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 CONFIGS = (  # (label, OMP_WAIT_POLICY or None for unset, first import, threads: "default" or "fitted")
     ("torch defaults", None, "torch", "default"),
     ("ACTIVE", "ACTIVE", "torch", "default"),
     ("PASSIVE, all cores", "PASSIVE", "torch", "default"),
+    ("short spin, all cores", None, "minigpt", "default"),
     ("minigpt's choice", None, "minigpt", "fitted"),
 )
 OURS = CONFIGS[-1][0]
 
 
-def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds, seed, policy):
+def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds, seed, wait):
     """Child job: section 1's full training step, timed `repeats` times or until max_seconds have passed;
-    `policy` is OMP_WAIT_POLICY as it was when torch loaded OpenMP."""
+    `wait` holds OMP_WAIT_POLICY and GOMP_SPINCOUNT as they were when torch loaded OpenMP."""
     import torch
 
     from minigpt.bench.train_step import build_model, make_optimizer, make_step, random_batch
-    from minigpt.threads import choose_threads
+    from minigpt.threads import choose_threads, wait_policy
 
     model = build_model(preset, "full", seed)
     choice = choose_threads() if threads == "fitted" else None
@@ -56,17 +59,13 @@ def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds,
         start = time.perf_counter()
         step()
         samples.append(time.perf_counter() - start)
-    import os
-
-    if policy is None and threads == "fitted":  # `import minigpt` came first and set it before torch loaded
-        policy = f"{os.environ.get('OMP_WAIT_POLICY')} (set by minigpt)"
-    return dict(threads=torch.get_num_threads(), wait_policy=policy or "unset", step=summarize(samples),
-                choice=None if choice is None else choice.describe())
+    return dict(threads=torch.get_num_threads(), wait_policy=wait_policy({k: v for k, v in wait.items() if v}),
+                step=summarize(samples), choice=None if choice is None else choice.describe())
 
 
 def run_fresh(first, policy, kwargs, timeout):
     """busy_step_job in a new interpreter whose environment has OMP_WAIT_POLICY=policy (None: unset)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
     try:

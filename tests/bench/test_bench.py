@@ -130,12 +130,16 @@ def test_busy_section_measures_every_setting_idle_and_beside_a_competitor(quick_
     data, _ = quick_run
     results = _results(data, "busy")
     assert {(r["setting"], r["mode"]) for r in results} == {
-        (s, m) for s in ("torch defaults", "ACTIVE", "PASSIVE, all cores", "minigpt's choice") for m in ("idle", "busy")}
+        (s, m) for s in ("torch defaults", "ACTIVE", "PASSIVE, all cores", "short spin, all cores", "minigpt's choice")
+        for m in ("idle", "busy")}
     for r in results:
         assert r["status"] == "ok", r.get("error")
         _assert_summary(r["step"])
     policies = {r["setting"]: r["wait_policy"] for r in results}
-    assert policies["torch defaults"] == "unset" and policies["minigpt's choice"] == "PASSIVE (set by minigpt)"
+    assert policies["torch defaults"] == "OpenMP's default (spin, then sleep)"
+    assert policies["PASSIVE, all cores"] == "PASSIVE"
+    ours = "spin 1000 times, then sleep (GOMP_SPINCOUNT=1000, OMP_WAIT_POLICY=PASSIVE)"  # set by `import minigpt`
+    assert policies["short spin, all cores"] == policies["minigpt's choice"] == ours
     ours = {r["mode"]: r["threads"] for r in results if r["setting"] == "minigpt's choice"}
     # one thread per free core: the spinning competitor takes one of them (never fewer than one thread)
     assert ours["busy"] <= max(1, usable_cores() - 1) and ours["busy"] <= ours["idle"]
