@@ -179,3 +179,14 @@ def test_bad_arguments_raise_naming_the_value(kwargs, error, match):
     args = {**dict(idx=prompt(), max_new_tokens=4), **kwargs}
     with pytest.raises(error, match=match):
         tiny_gpt().generate(**args)
+
+
+def test_generated_ids_can_feed_a_training_step_afterwards():
+    """generate runs in inference mode; what it returns must still be an ordinary tensor that autograd
+    may save (the embedding keeps its ids for backward)."""
+    model = tiny_gpt().train()
+    out = model.generate(prompt(), 6, temperature=0)
+    assert model.training and not out.is_inference()
+    _, loss = model(out[:, :-1], out[:, 1:])
+    loss.backward()
+    assert model.transformer.wte.weight.grad is not None

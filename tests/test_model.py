@@ -205,25 +205,26 @@ def block_linears(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".h." in f".{n}"}
 
 
-def in_conv1d_layout(w):
-    """(d_out, d_in) values stored as GPT-2's Conv1D stores them: (d_in, d_out) row by row."""
+def stored_transposed(w):
+    """(n, m) values stored as the (m, n) matrix, row by row: for the blocks, GPT-2's Conv1D layout."""
     return w.stride() == (1, w.size(0))
 
 
-def test_block_weights_are_stored_in_conv1d_layout_with_linear_shapes_and_values():
+def test_block_and_embedding_weights_are_stored_transposed_with_torch_shapes_and_values():
     model = tiny_model()
     layers = block_linears(model)
     assert len(layers) == 4 * model.config.n_layer
     for name, m in layers.items():
         assert m.weight.shape == (m.out_features, m.in_features), name
-        assert in_conv1d_layout(m.weight) and not m.weight.is_contiguous(), name
-    assert model.lm_head.weight.is_contiguous()  # tied to wte, which is read a row per token
+        assert stored_transposed(m.weight) and not m.weight.is_contiguous(), name
+    wte = model.transformer.wte.weight
+    assert wte.shape == (64, 16) and stored_transposed(wte) and model.lm_head.weight is wte
     x = torch.randn(3, 5, 16, dtype=torch.float64)
     fc = block_linears(model.double())["transformer.h.0.mlp.c_fc"]
     assert torch.allclose(fc(x), x @ fc.weight.detach().contiguous().T + fc.bias, atol=1e-12, rtol=0)
 
 
-def test_conv1d_layout_survives_training_steps_dtype_moves_and_loading_weights(tmp_path):
+def test_transposed_storage_survives_training_steps_dtype_moves_and_loading_weights(tmp_path):
     model = tiny_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     idx = torch.randint(64, (2, 8))
@@ -233,12 +234,22 @@ def test_conv1d_layout_survives_training_steps_dtype_moves_and_loading_weights(t
         model(idx, idx)[1].backward()
         opt.step()
     grads = [m.weight.grad for m in block_linears(model).values()]
-    assert all(g is not None and in_conv1d_layout(g) for g in grads)  # no relayout copy in backward
+    assert all(g is not None and stored_transposed(g) for g in grads)  # no relayout copy in backward
     after = block_linears(model)["transformer.h.1.attn.c_attn"].weight
     assert not torch.equal(after, before)  # the steps did update the weights...
-    assert all(in_conv1d_layout(m.weight) for m in block_linears(model).values())  # ...in place
+    assert all(stored_transposed(m.weight) for m in block_linears(model).values())  # ...in place
+    assert stored_transposed(model.transformer.wte.weight)  # the embedding's and the head's gradients, summed
     fresh = tiny_model()
     fresh.load_state_dict(model.state_dict())
     save_pretrained(model, tmp_path)  # a GPT-2 folder: load_pretrained builds on the meta device, then fills it
     for m in (fresh, fresh.to(torch.float64), load_pretrained(tmp_path)):
-        assert all(in_conv1d_layout(layer.weight) for layer in block_linears(m).values())
+        assert all(stored_transposed(layer.weight) for layer in block_linears(m).values())
+        assert stored_transposed(m.transformer.wte.weight) and m.lm_head.weight is m.transformer.wte.weight
+
+
+def test_sliced_ids_and_targets_give_the_loss_of_their_contiguous_copies():
+    model = tiny_model()
+    seq = torch.randint(64, (3, 9))
+    idx, targets = seq[:, :-1], seq[:, 1:]  # views into one tensor, not contiguous
+    assert not targets.is_contiguous()
+    assert torch.equal(model(idx, targets)[1], model(idx.contiguous(), targets.contiguous())[1])
