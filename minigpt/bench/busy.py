@@ -12,7 +12,8 @@ full fine-tuning step without it and beside it, under several thread settings:
 
 OpenMP reads its wait settings when torch loads it, so each setting runs in a fresh `python` started
 with its own environment; the first three import torch first, the last two import minigpt first, as
-`python -m minigpt.<command>` does. This section sets its own thread counts: --threads is not used.
+`python -m minigpt.<command>` does. Each setting runs ROUNDS times, in turn with the others, and its
+samples are pooled. This section sets its own thread counts: --threads is not used.
 """
 
 import json
@@ -35,6 +36,7 @@ CONFIGS = (  # (label, OMP_WAIT_POLICY or None for unset, first import, threads:
     ("short spin, all cores", None, "minigpt", "default"),
     ("minigpt's choice", None, "minigpt", "fitted"),
 )
+ROUNDS = 3  # each setting is run this many times, in turn with the others, and its samples pooled
 OURS = CONFIGS[-1][0]
 
 
@@ -60,7 +62,7 @@ def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds,
         step()
         samples.append(time.perf_counter() - start)
     return dict(threads=torch.get_num_threads(), wait_policy=wait_policy({k: v for k, v in wait.items() if v}),
-                step=summarize(samples), choice=None if choice is None else choice.describe())
+                samples=samples, step=summarize(samples), choice=None if choice is None else choice.describe())
 
 
 def run_fresh(first, policy, kwargs, timeout):
@@ -93,7 +95,7 @@ def stop_competitor(proc):
         proc.wait()
 
 
-def _measure(cfg, kwargs):
+def _measure_round(cfg, kwargs):
     """{(label, "idle" | "busy"): result}: every setting idle, then every setting beside the competitor."""
     results = {}
     for label, policy, first, threads in CONFIGS:
@@ -108,6 +110,22 @@ def _measure(cfg, kwargs):
     return results
 
 
+def _pool(runs):
+    """One result from a setting's runs in several rounds: their samples pooled, or the first failure."""
+    failed = [r for r in runs if r.get("status") != "ok"]
+    if failed:
+        return failed[0]
+    samples = [x for r in runs for x in r["samples"]]
+    return dict(runs[-1], samples=samples, step=summarize(samples), rounds=len(runs))
+
+
+def _measure(cfg, kwargs, rounds):
+    """Every setting, idle and busy, in `rounds` rounds taken in turn: a machine whose speed drifts
+    (other tenants, clock changes) then slows every setting alike instead of the ones measured last."""
+    per_round = [_measure_round(cfg, kwargs) for _ in range(rounds)]
+    return {key: _pool([r[key] for r in per_round]) for key in per_round[0]}
+
+
 def _median(result):
     return result["step"]["median"] if result.get("status") == "ok" else None
 
@@ -117,11 +135,12 @@ def _ratio(a, b):
 
 
 def run_busy(cfg):
-    """Section 7: tiny training step, idle vs beside one busy process, under four thread settings."""
+    """Section 7: tiny training step, idle vs beside one busy process, under five thread settings."""
     preset, batch, seq_len = ("test", 2, 16) if cfg.quick else ("tiny", 8, 128)
     kwargs = dict(preset=preset, batch=batch, seq_len=seq_len, warmup=cfg.warmup, repeats=cfg.repeats,
                   max_seconds=2 if cfg.quick else 15, seed=cfg.seed)
-    results = _measure(cfg, kwargs)
+    rounds = 1 if cfg.quick else ROUNDS
+    results = _measure(cfg, kwargs, rounds)
     rows = []
     for label, *_ in CONFIGS:
         idle, busy = results[label, "idle"], results[label, "busy"]
@@ -142,7 +161,8 @@ def run_busy(cfg):
                "busy step ms", "busy IQR ms", "busy / idle"]
     choice = results[OURS, "idle"].get("choice")
     notes = [f"model {preset} (B={batch}, T={seq_len}), full fine-tuning step as in section 1; each setting in a "
-             f"fresh python; busy: beside one spinning Python process started by the benchmark. "
+             f"fresh python, {rounds} time(s) in turn with the others, samples pooled; busy: beside one spinning "
+             f"Python process started by the benchmark. "
              f"minigpt's choice here: {choice}.", f"load average before the section: {os.getloadavg()}"
              if hasattr(os, "getloadavg") else "no load average on this OS"]
     return make_section("Busy machine: training step idle vs beside one busy process",
