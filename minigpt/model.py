@@ -79,7 +79,8 @@ def transposed_storage(module):
     Wᵀ, in the order x·Wᵀ reads it. For the blocks' nn.Linear weights that is GPT-2's own Conv1D
     layout (d_in, d_out); for the token embedding it serves the tied output head, the largest product
     (768 x 50257 in GPT-2 small). Measured: GPT-2-small-shaped greedy decoding, batch 1, one thread,
-    went from 33 to 41 tokens/s, with training steps as fast as before (docs/results.md). Gradients
+    went from 31 to 38 tokens/s; a full fine-tuning step of GPT-2 small takes about 10% longer (the
+    embedding's gradient), other steps as long as before (docs/results.md). Gradients
     arrive in the same layout (a matmul's backward follows its input's strides), and in-place
     updates (init, optimizer steps, loading's copy_, merges) keep it.
     """

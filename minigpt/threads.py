@@ -10,8 +10,8 @@ Two remedies:
 - a short spin: idle workers spin for 1,000 spins (about 10 µs) and then sleep. Back-to-back parallel
   regions still find their workers awake, so an idle machine keeps its speed, and a worker that has
   to share its core sleeps instead of taking the other process's time slices. Sleeping at once
-  (OMP_WAIT_POLICY=PASSIVE) copes as well with competition, but measured 1.27x slower on an idle
-  machine (57 against 45 ms per step), because each parallel region must wake its workers.
+  (OMP_WAIT_POLICY=PASSIVE) copes as well with competition, but measured 27 to 39% slower on an idle
+  machine, because each parallel region must wake its workers.
   libgomp reads GOMP_SPINCOUNT (which wins over the wait policy) once, when torch loads it, so it
   must be in the environment before the first `import torch`; set after it, it changes nothing.
   We also set OMP_WAIT_POLICY=PASSIVE for the other OpenMP runtimes (LLVM's libomp on macOS, Intel's),
@@ -24,7 +24,7 @@ Two remedies:
   running right now (Linux: /proc/loadavg's runnable count, the least of a few readings) and use the
   cores they leave free, at least one. Measured on 2 cores (docs/results.md, benchmark section 7):
   the tiny model's training step takes about 45 ms on 2 threads and 72 ms on 1 when the machine is
-  idle, and beside one busy process 1 thread (72 to 78 ms) beats 2 (80 to 95 ms). The count is read
+  idle, and beside one busy process 1 thread (77 to 82 ms) beats 2 (84 to 104 ms). The count is read
   once per run: a competitor that starts later is met by the short spin.
 
 The user's choice always wins: an explicit thread count (`--threads`, TrainConfig.threads), then

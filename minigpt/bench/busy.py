@@ -65,11 +65,13 @@ def busy_step_job(preset, batch, seq_len, threads, warmup, repeats, max_seconds,
                 samples=samples, step=summarize(samples), choice=None if choice is None else choice.describe())
 
 
-def run_fresh(first, policy, kwargs, timeout):
-    """busy_step_job in a new interpreter whose environment has OMP_WAIT_POLICY=policy (None: unset)."""
+def run_fresh(first, policy, kwargs, timeout, env_extra=None):
+    """busy_step_job in a new interpreter whose environment has OMP_WAIT_POLICY=policy (None: unset),
+    none of our own OpenMP settings, and `env_extra`."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
+    env.update(env_extra or {})
     try:
         done = subprocess.run([sys.executable, "-c", CHILD.format(first=first), json.dumps(kwargs)], env=env,
                               capture_output=True, text=True, timeout=timeout)
