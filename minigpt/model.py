@@ -75,12 +75,12 @@ def transposed_storage(module):
     matrix (strides (1, n)). Returns the module.
 
     Why: generation at batch 1 multiplies one vector by every weight per token, x·Wᵀ, reading all of
-    W from memory each time, and on the CPUs we measured this product is faster when W is stored as
+    W from memory each time, and on the CPU we measured this product is faster when W is stored as
     Wᵀ, in the order x·Wᵀ reads it. For the blocks' nn.Linear weights that is GPT-2's own Conv1D
     layout (d_in, d_out); for the token embedding it serves the tied output head, the largest product
     (768 x 50257 in GPT-2 small). Measured: GPT-2-small-shaped greedy decoding, batch 1, one thread,
     went from 31 to 38 tokens/s; a full fine-tuning step of GPT-2 small takes about 10% longer (the
-    embedding's gradient), other steps as long as before (docs/results.md). Gradients
+    embedding's gradient), the tiny model's step as long as before (docs/results.md). Gradients
     arrive in the same layout (a matmul's backward follows its input's strides), and in-place
     updates (init, optimizer steps, loading's copy_, merges) keep it.
     """
