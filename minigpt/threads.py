@@ -34,6 +34,7 @@ imports no torch at its top: it runs before torch is loaded.
 
 import contextlib
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -56,12 +57,14 @@ def choose_wait_policy():
     return wait_policy()
 
 
-def wait_policy(environ=None):
+def wait_policy(environ=None, platform=None):
     """How torch's idle OpenMP workers wait, in words, from `environ` (default: os.environ) as torch was
-    loaded with it."""
+    loaded with it. GOMP_SPINCOUNT counts only on Linux, whose torch wheels use GNU libgomp; elsewhere
+    the OpenMP runtime reads OMP_WAIT_POLICY alone."""
     environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
     policy, spins = environ.get("OMP_WAIT_POLICY"), environ.get("GOMP_SPINCOUNT")
-    if spins:
+    if spins and platform.startswith("linux"):
         return f"spin {spins} times, then sleep (GOMP_SPINCOUNT={spins}" + (f", OMP_WAIT_POLICY={policy})"
                                                                               if policy else ")")
     if policy:

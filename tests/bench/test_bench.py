@@ -11,7 +11,7 @@ import torch
 from minigpt.bench import SECTIONS, BenchConfig, busy_warning, run
 from minigpt.bench.__main__ import parse_args
 from minigpt.bench.harness import summarize
-from minigpt.threads import usable_cores
+from minigpt.threads import usable_cores, wait_policy
 
 SUMMARY_KEYS = {"median", "q1", "q3", "min", "max", "n"}
 
@@ -138,7 +138,7 @@ def test_busy_section_measures_every_setting_idle_and_beside_a_competitor(quick_
     policies = {r["setting"]: r["wait_policy"] for r in results}
     assert policies["torch defaults"] == "OpenMP's default (spin, then sleep)"
     assert policies["PASSIVE, all cores"] == "PASSIVE"
-    ours = "spin 1000 times, then sleep (GOMP_SPINCOUNT=1000, OMP_WAIT_POLICY=PASSIVE)"  # set by `import minigpt`
+    ours = wait_policy({"GOMP_SPINCOUNT": "1000", "OMP_WAIT_POLICY": "PASSIVE"})  # set by `import minigpt`
     assert policies["short spin, all cores"] == policies["minigpt's choice"] == ours
     ours = {r["mode"]: r["threads"] for r in results if r["setting"] == "minigpt's choice"}
     # one thread per free core: the spinning competitor takes one of them (never fewer than one thread)
