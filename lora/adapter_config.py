@@ -19,11 +19,9 @@ reading it raises, naming the field, instead of silently computing something els
 import json
 import os
 
+from lora.adapter_layout import CONFIG_NAME, WEIGHTS_NAME
 from lora.init import init_from_peft
 from lora.targets import from_peft_targets, to_peft_targets
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 # Every field PEFT 0.21.2 writes for a LoraConfig, at its default value (compare
 # tests/fixtures/peft_gpt2_tiny/adapter/adapter_config.json, written by PEFT itself).
@@ -124,8 +122,8 @@ def peft_config(rank, alpha, dropout, targets, use_rslora, base_model_name_or_pa
                 base_model_name_or_path=base_model_name_or_path, **fields)
 
 
-def write_adapter_config(directory, config):
-    """`config` as adapter_config.json in `directory` (sorted keys, as PEFT writes it)."""
-    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+def write_adapter_config(path, config):
+    """`config` as JSON in the file `path` (sorted keys, as PEFT writes adapter_config.json)."""
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")

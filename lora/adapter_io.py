@@ -20,14 +20,11 @@ Shape legend: r rank, d_in / d_out the adapted layer's input / output sizes.
 
 import collections
 import os
-import pathlib
 import re
 
 import torch
 
 from lora.adapter_config import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     options_from_peft,
     peft_config,
     peft_fields,
@@ -35,14 +32,21 @@ from lora.adapter_config import (
     write_adapter_config,
 )
 from lora.adapter_keys import adapter_tensors, copy_in, layer_shapes, peft_key
+from lora.adapter_layout import (
+    CONFIG_NAME,
+    DEFAULT,
+    WEIGHTS_NAME,
+    adapter_path,
+    check_save_target,
+    find_adapter,
+    saved_adapters,
+)
 from lora.embedding import LoRAEmbedding
-from lora.files import atomic_dir
+from lora.files import staged_writes
 from lora.inject import apply_lora, lora_embeddings, lora_layers, mark_only_lora_trainable, plan_layers
 from lora.layer import LoRALinear, check_adapter_name
-from lora.safetensors_io import load_file, save_file
+from lora.safetensors_io import load_file, serialize
 from lora.targets import ALL_LINEAR, layer_rank_alpha
-
-DEFAULT = "default"  # PEFT's name for the first adapter; it is saved at the top of the directory
 
 
 def lora_state_dict(model, adapter_name=None):
@@ -120,18 +124,18 @@ def adapter_files(model, adapter_name, base_model_name_or_path=None, fan_in_fan_
 
 
 def save_adapter(model, directory, adapter_name=None, base_model_name_or_path=None, fan_in_fan_out=True):
-    """Write adapters in PEFT's layout: the whole `directory` is built aside, then renamed into place.
+    """Write adapters into `directory` in PEFT's layout, adding to what is there (lora.adapter_layout).
 
-    With adapter_name=None every adapter is written as PEFT's save_pretrained writes them ("default" at
-    the top, the others in sub-directories named after them); with a name, that adapter's two files
-    are written at the top of `directory`, the layout PEFT's load_adapter(directory, adapter_name)
-    reads. Whatever `directory` held before is replaced whole (lora.files.atomic_dir), so a crash
-    leaves the old directory or the new one, never a config beside another adapter's tensors.
+    "default" goes to the top of `directory`, every other adapter to `directory/<name>/`, as PEFT's
+    save_pretrained lays them out, so adapters saved one call at a time all stay and all load. Only
+    the adapters written are replaced. Every file is written aside first and renamed into place at
+    the end (lora.files.staged_writes): a crash or Ctrl-C leaves the old adapter or the new one, never
+    a config beside another adapter's tensors.
 
     Args:
         model: a model with LoRA adapters.
-        directory: the adapter directory; its parent is created if missing.
-        adapter_name: None (all adapters) or the name of one.
+        directory: the adapter folder; created (with its parents) if missing.
+        adapter_name: None (every adapter), a name, or a list of names.
         base_model_name_or_path: recorded for PEFT (e.g. "gpt2"); PEFT uses it to find the base model.
         fan_in_fan_out: the flag PEFT expects for a base stored as (d_in, d_out) matrices, as Hugging
             Face's GPT-2 stores them (Conv1D layers); True by default, as PEFT writes it for GPT-2. It
@@ -140,32 +144,53 @@ def save_adapter(model, directory, adapter_name=None, base_model_name_or_path=No
     Returns:
         the directory, as given.
     Raises:
-        ValueError: no LoRA layers, an unknown adapter name, or an adapter whose layers disagree.
+        ValueError: no LoRA layers, an unknown adapter name, an adapter whose layers disagree;
+            `directory` is a file, holds something other than adapters, or would become ambiguous
+            (nothing is written then).
+        PermissionError: `directory`, or an adapter folder to be replaced, is read-only.
     """
+    names = _names_to_save(model, adapter_name)
+    files = {n: adapter_files(model, n, base_model_name_or_path, fan_in_fan_out) for n in names}
+    check_save_target(directory, names)
+    with staged_writes() as stage:
+        for name, (config, tensors) in files.items():
+            if name == DEFAULT:  # two files at the top, beside the other adapters' folders
+                weights, config_file = stage.file(adapter_path(directory, name) / WEIGHTS_NAME), \
+                    stage.file(adapter_path(directory, name) / CONFIG_NAME)
+            else:  # the adapter's own folder, replaced whole
+                folder = stage.folder(adapter_path(directory, name))
+                weights, config_file = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+            with open(weights, "wb") as f:
+                f.writelines(serialize(tensors, metadata={"format": "pt"}))  # PEFT's metadata
+            write_adapter_config(config_file, config)
+    return directory
+
+
+def _names_to_save(model, adapter_name):
+    """The adapters save_adapter writes: all of the model's, or the named ones (checked)."""
     names = list(getattr(model, "lora_configs", {}))
     names += [a for _, layer in lora_layers(model) for a in layer.adapters if a not in names]  # layers built by hand
     names += [e.adapter_name for _, e in lora_embeddings(model) if e.adapter_name not in names]
     if not names:
         raise ValueError(f"{type(model).__name__} has no LoRA layers to save; call apply_lora first")
-    if adapter_name is not None and adapter_name not in names:
-        raise ValueError(f"unknown adapter {adapter_name!r}; the model has {names}")
-    layout = {adapter_name: ""} if adapter_name is not None else {n: "" if n == DEFAULT else n for n in names}
-    files = {sub: adapter_files(model, n, base_model_name_or_path, fan_in_fan_out) for n, sub in layout.items()}
-    with atomic_dir(directory) as tmp:
-        for sub, (config, tensors) in files.items():
-            os.makedirs(tmp / sub, exist_ok=True)
-            save_file(tensors, tmp / sub / WEIGHTS_NAME, metadata={"format": "pt"})  # PEFT's metadata
-            write_adapter_config(tmp / sub, config)
-    return directory
+    if adapter_name is None:
+        return names
+    wanted = [adapter_name] if isinstance(adapter_name, str) else adapter_name
+    if not isinstance(wanted, (list, tuple)) or not wanted or len(set(wanted)) != len(wanted):
+        raise ValueError(f"adapter_name={adapter_name!r}: give None (every adapter), a name or a list of distinct names")
+    for name in wanted:
+        if name not in names:
+            raise ValueError(f"unknown adapter {name!r}; the model has {names}")
+    return list(wanted)
 
 
 def load_adapter(model, directory, adapter_name=None):
     """Load PEFT-format LoRA adapters into `model`, adding each adapter the model does not have yet.
 
-    With adapter_name=None every adapter of the directory is loaded: its top-level files as "default"
-    and each sub-directory holding an adapter_config.json under the sub-directory's name (the layout
-    of save_adapter and of PEFT's save_pretrained). With a name, the files at the top of `directory`
-    are loaded as that adapter, as PEFT's load_adapter(directory, adapter_name) does.
+    With adapter_name=None every adapter of the folder is loaded (lora.adapter_layout.saved_adapters:
+    the top-level files as "default", each sub-folder under its name). With a name, that adapter's
+    files are loaded: `directory/<name>/` if there is one, else the folder's only, top-level adapter
+    under that name (as PEFT's load_adapter(path, adapter_name) does).
 
     Everything is checked before anything changes: each config against the model (targets exist,
     and an adapter of the same name has the same r, lora_alpha, use_rslora and targets and is not
@@ -178,11 +203,15 @@ def load_adapter(model, directory, adapter_name=None):
         the model.
     Raises:
         FileNotFoundError: the directory, a config or a tensor file is missing.
-        ValueError: a bad or unsupported config, a bad sub-directory name, a truncated or corrupted
-            tensor file, or a key or shape that does not fit (the message names the first offending
-            key). The model is left as it was.
+        ValueError: a bad or unsupported config, a bad sub-directory name, an ambiguous folder, a
+            truncated or corrupted tensor file, or a key or shape that does not fit (the message names
+            the first offending key). The model is left as it was.
     """
-    loaded = [(name, *_read_checked(model, name, d)) for name, d in _adapter_dirs(directory, adapter_name)]
+    if adapter_name is None:
+        folders = list(saved_adapters(directory).items())
+    else:
+        folders = [(check_adapter_name(adapter_name), find_adapter(directory, adapter_name))]
+    loaded = [(name, *_read_checked(model, name, d)) for name, d in folders]
     for name, (settings, options), tensors in loaded:
         if not _adapter_layers(model, name):
             apply_lora(model, *settings, adapter_name=name, **options)
@@ -190,26 +219,6 @@ def load_adapter(model, directory, adapter_name=None):
             copy_in(layer, name, n, tensors)
     mark_only_lora_trainable(model)
     return model
-
-
-def _adapter_dirs(directory, adapter_name):
-    """[(adapter name, its directory)] that load_adapter reads."""
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"adapter directory {os.fspath(directory)!r} does not exist")
-    if adapter_name is not None:
-        return [(check_adapter_name(adapter_name), directory)]
-    found = [(DEFAULT, directory)] if (directory / CONFIG_NAME).is_file() else []
-    for sub in sorted(directory.iterdir()):
-        if sub.is_dir() and not sub.name.startswith(".") and (sub / CONFIG_NAME).is_file():
-            try:
-                found.append((check_adapter_name(sub.name), sub))
-            except ValueError as e:
-                raise ValueError(f"{sub}: the sub-directory's name is the adapter's name: {e}") from None
-    if not found:
-        raise FileNotFoundError(f"{directory / CONFIG_NAME} is missing; an adapter directory holds {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} (further adapters in sub-directories named after them)")
-    return found
 
 
 def _read_checked(model, name, directory):

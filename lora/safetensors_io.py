@@ -44,6 +44,14 @@ def save_file(tensors, path, metadata=None):
     Raises:
         ValueError: a name that is not a str, a value that is not a tensor, or an unsupported dtype.
     """
+    chunks = serialize(tensors, metadata)  # every check before the file is opened
+    with atomic_write(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def serialize(tensors, metadata=None):
+    """The bytes of a safetensors file holding `tensors`, as a list of chunks (see save_file)."""
     header, blobs, offset = {}, [], 0
     if metadata is not None:
         if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
@@ -67,11 +75,7 @@ def save_file(tensors, path, metadata=None):
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # pad with spaces so the data starts 8-byte aligned, as the reference does
-    with atomic_write(path) as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for data in blobs:
-            f.write(data)
+    return [struct.pack("<Q", len(head)), head, *blobs]
 
 
 def _no_duplicates(pairs):

@@ -23,13 +23,14 @@ shape of every tensor instead, which catches a truncated or wrong file but not a
 """
 
 import json
+import os
 import pathlib
 
 import torch
 
 from lora.checks import check_int
-from lora.files import atomic_write
-from lora.safetensors_io import check_finite, header_shapes, load_file, save_file
+from lora.files import staged_writes
+from lora.safetensors_io import check_finite, header_shapes, load_file, serialize
 from minigpt.download import cache_dir as default_cache_dir
 from minigpt.download import download
 from minigpt.model import GPT, GPTConfig
@@ -274,8 +275,13 @@ def save_pretrained(model, directory):
     directory = pathlib.Path(directory).expanduser()
     hf = config_to_hf(model.config)
     hf["dtype"] = str(model.transformer.wte.weight.dtype).removeprefix("torch.")  # "torch_dtype" before transformers 4.56
-    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})  # HF checks format == "pt"
-    with atomic_write(directory / "config.json", "w") as f:
-        json.dump(hf, f, indent=2)
-        f.write("\n")
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{os.fspath(directory)!r} is a file, not a folder; nothing was written")
+    chunks = serialize(tensors, metadata={"format": "pt"})  # HF checks format == "pt"
+    with staged_writes() as stage:  # the two files are renamed into place together
+        with open(stage.file(directory / "model.safetensors"), "wb") as f:
+            f.writelines(chunks)
+        with open(stage.file(directory / "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+            f.write("\n")
     return directory

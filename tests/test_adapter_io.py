@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import lora.adapter_io
 from helpers import assert_unchanged, snapshot
 from lora.adapter_io import load_adapter, lora_state_dict, read_adapter_config, save_adapter
 from lora.inject import apply_lora, lora_layers, merge_lora
@@ -273,11 +274,75 @@ def test_save_without_lora_raises(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_save_replaces_the_whole_directory_and_leaves_no_temporaries(tmp_path):
+def test_saving_again_replaces_the_adapter_and_leaves_no_temporaries(tmp_path):
     target = tmp_path / "adapter"
     save_adapter(adapted(rank=2), target)
-    (target / "stale").mkdir()  # e.g. a sub-directory of an adapter that the next save does not have
     save_adapter(adapted(rank=3, alpha=6), target)
     assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     assert read_adapter_config(target)["r"] == 3
+
+
+# --- a save never deletes, moves or mixes up what is already there ---
+
+def tree(path):
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "scripts/run.sh", "empty_folder/"])
+def test_saving_into_a_folder_with_other_files_is_refused_and_changes_nothing(tmp_path, foreign):
+    target = tmp_path / "mine"
+    path = target / foreign.rstrip("/")
+    if foreign.endswith("/"):
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("the user's own file")
+    before = tree(tmp_path)
+    with pytest.raises(ValueError, match=r"mine'.*not LoRA adapters.*nothing was changed"):
+        save_adapter(adapted(), target)
+    assert tree(tmp_path) == before
+
+
+def test_saving_onto_a_regular_file_is_refused_and_the_file_stays(tmp_path):
+    target = tmp_path / "adapter"
+    target.write_text("not a folder")
+    with pytest.raises(ValueError, match=r"adapter' is a file, not a folder"):
+        save_adapter(adapted(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"] and target.read_text() == "not a folder"
+
+
+def test_saving_into_a_read_only_adapter_folder_raises_permission_error(tmp_path):
+    target = tmp_path / "adapter"
+    save_adapter(adapted(rank=2), target)
+    before = tree(tmp_path)
+    target.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="read-only"):
+            save_adapter(adapted(rank=3, alpha=6), target)
+    finally:
+        target.chmod(0o755)
+    assert tree(tmp_path) == before
+
+
+def test_an_adapter_folder_with_a_readme_is_ours(tmp_path):
+    # PEFT's save_pretrained writes a README.md beside the two files; saving over such a folder is fine
+    target = tmp_path / "adapter"
+    save_adapter(adapted(rank=2), target)
+    (target / "README.md").write_text("model card")
+    save_adapter(adapted(rank=3, alpha=6), target)
+    assert (target / "README.md").read_text() == "model card" and read_adapter_config(target)["r"] == 3
+
+
+def test_an_interrupted_write_leaves_the_previous_adapter(tmp_path, monkeypatch):
+    target = tmp_path / "adapter"
+    save_adapter(adapted(rank=2), target)
+    before = tree(tmp_path)
+
+    def failing(config, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lora.adapter_io, "write_adapter_config", failing)  # the weights are written by then
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(adapted(rank=3, alpha=6), target)
+    assert tree(tmp_path) == before

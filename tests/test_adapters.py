@@ -22,8 +22,9 @@ from lora import (
     set_adapter,
     unmerge_lora,
 )
+from lora.adapter_layout import saved_adapters
 from lora.inject import OPTIONS
-from lora.safetensors_io import load_file, save_file
+from lora.safetensors_io import load_file, save_file, serialize
 
 
 @pytest.fixture(autouse=True)
@@ -260,15 +261,43 @@ def test_multi_adapter_save_load_roundtrip_restores_every_adapter(tmp_path):
     assert all(torch.equal(got[n], expected[n]) for n in expected)
 
 
-def test_one_named_adapter_is_saved_flat_and_loads_under_any_name(tmp_path):
+def test_a_named_adapter_is_saved_in_its_sub_folder_and_loads_under_any_name(tmp_path):
     base = Net().double()
     fresh = copy.deepcopy(base)
     model = two_adapters(base)
-    save_adapter(model, tmp_path / "other", adapter_name="other")
-    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    load_adapter(fresh, tmp_path / "other", adapter_name="mine")
+    save_adapter(model, tmp_path / "ad", adapter_name="other")
+    assert sorted(str(p.relative_to(tmp_path / "ad")) for p in (tmp_path / "ad").rglob("*")) == [
+        "other", "other/adapter_config.json", "other/adapter_model.safetensors"]  # PEFT's layout: d/<name>/
+    load_adapter(fresh, tmp_path / "ad" / "other", adapter_name="mine")  # a folder of one adapter, any name
     set_adapter(model, "other")
     assert list(fresh.lora_configs) == ["mine"] and torch.equal(fresh.eval()(X), model(X))
+
+
+def test_adapters_saved_one_at_a_time_into_one_folder_all_load_back(tmp_path):
+    base = Net().double()
+    fresh, fresh_too = copy.deepcopy(base), copy.deepcopy(base)
+    model = two_adapters(base)
+    save_adapter(model, tmp_path / "ad", adapter_name="other")
+    save_adapter(model, tmp_path / "ad", adapter_name="default")  # adds; "other" stays
+    assert saved_adapters(tmp_path / "ad") == {"default": tmp_path / "ad", "other": tmp_path / "ad" / "other"}
+    load_adapter(fresh, tmp_path / "ad").eval()
+    expected, got = outputs_per_adapter(model), outputs_per_adapter(fresh)
+    assert list(got) == ["default", "other"] and all(torch.equal(got[n], expected[n]) for n in expected)
+    one = load_adapter(fresh_too, tmp_path / "ad", adapter_name="other")
+    assert list(one.lora_configs) == ["other"]  # one adapter of the folder, by name
+
+
+def test_a_folder_with_a_default_sub_folder_and_top_level_files_is_refused(tmp_path):
+    save_adapter(two_adapters(), tmp_path / "ad")
+    save_adapter(two_adapters(), tmp_path / "elsewhere", adapter_name="other")
+    (tmp_path / "elsewhere" / "other").rename(tmp_path / "ad" / "default")  # now two "default" adapters
+    model = Net().double()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="both would be adapter 'default'"):
+        load_adapter(model, tmp_path / "ad")
+    assert_unchanged(model, before)
+    with pytest.raises(ValueError, match="both would be adapter 'default'"):
+        save_adapter(two_adapters(), tmp_path / "ad", adapter_name="other")
 
 
 def test_loading_a_multi_adapter_directory_is_all_or_nothing(tmp_path):
@@ -284,19 +313,19 @@ def test_loading_a_multi_adapter_directory_is_all_or_nothing(tmp_path):
     assert_unchanged(model, before)
 
 
-def test_an_interrupted_save_leaves_the_previous_directory(tmp_path, monkeypatch):
+def test_an_interrupted_save_of_several_adapters_writes_none_of_them(tmp_path, monkeypatch):
     target = tmp_path / "ad"
     save_adapter(apply_lora(Net().double(), rank=2, alpha=4, targets=("a",)), target)
     old = {p.name: p.read_bytes() for p in target.iterdir()}
     calls = []
 
-    def failing_save_file(tensors, path, metadata=None):
-        calls.append(path)
-        if len(calls) == 2:  # the second adapter's tensors: "default"'s files are written already
+    def failing_serialize(tensors, metadata=None):
+        calls.append(metadata)
+        if len(calls) == 2:  # the second adapter's tensors: "default"'s files are staged already
             raise OSError("disk full")
-        save_file(tensors, path, metadata)
+        return serialize(tensors, metadata)
 
-    monkeypatch.setattr(lora.adapter_io, "save_file", failing_save_file)
+    monkeypatch.setattr(lora.adapter_io, "serialize", failing_serialize)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(two_adapters(), target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == old
