@@ -46,9 +46,16 @@ def dora_scale(weight, delta, magnitude, detach_norm=True):
 
     With detach_norm (the default) the norm is a constant in backward (DoRA §4.3): the gradient
     reaching W0 + ΔW through g is dropped and only the one through the direction's numerator is kept.
+
+    A row with ‖W0 + ΔW‖ = 0 (a pruned unit: an all-zero row of W0, and B = 0) has no direction, and
+    m = 0 there too at initialisation. We set g = 1 on such rows; any finite g gives the same merged
+    row, 0, and the same output, the bias. (A deviation from PEFT, which divides 0 by 0: NaN outputs.)
     """
     norm = weight_norm(weight + delta)
-    return magnitude / (norm.detach() if detach_norm else norm)
+    norm = norm.detach() if detach_norm else norm
+    has_direction = norm > 0
+    safe = torch.where(has_direction, norm, torch.ones_like(norm))  # no 0/0, not even in the branch where drops
+    return torch.where(has_direction, magnitude / safe, torch.ones_like(magnitude))
 
 
 def dora_weight(weight, delta, magnitude, detach_norm=True):
@@ -64,12 +71,16 @@ def dora_weight(weight, delta, magnitude, detach_norm=True):
 
 
 def dora_unmerge_weight(merged, delta, magnitude, norm):
-    """W0 = W' / g − ΔW with g = m / norm: undoes dora_weight.
+    """W0 = W' / g − ΔW with g = m / norm (g = 1 where norm = 0, as dora_scale): undoes dora_weight.
 
     `norm` must be ‖W0 + ΔW‖ as it was at merge time (PEFT caches it then): it cannot be recomputed
-    from W', whose rows all have norm m.
+    from W', whose rows all have norm m. A row with m = 0 but norm > 0 was merged to zero and cannot
+    be restored; LoRALinear.merge refuses to merge such an adapter in place.
     """
-    return merged / (magnitude / norm).unsqueeze(1) - delta
+    has_direction = norm > 0
+    g = torch.where(has_direction, magnitude / torch.where(has_direction, norm, torch.ones_like(norm)),
+                    torch.ones_like(magnitude))
+    return merged / g.unsqueeze(1) - delta
 
 
 def dora_forward(x, weight, bias, lora_A, lora_B, scaling, magnitude, dropout=None, base_out=None):

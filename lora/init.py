@@ -20,43 +20,24 @@ import re
 import torch
 import torch.nn as nn
 
-from lora.checks import check_int
-from lora.nf4 import dequantize_nf4, quantize_nf4
+from lora.checks import check_float, check_int
 
 INIT_METHODS = ("default", "gaussian", "pissa", "pissa_niter_<k>")
 _NITER = re.compile(r"pissa_niter_(\d+)")
 
 
-def check_init(init):
+def check_init(init, field="init"):
     """Validate an initialisation name; return ("default" | "gaussian" | "pissa", niter or None).
 
     Raises:
-        ValueError: a name not in INIT_METHODS (the message lists them).
+        ValueError: a name not in INIT_METHODS (the message names `field` and lists them).
     """
     if init in ("default", "gaussian", "pissa"):
         return init, None
     match = _NITER.fullmatch(init) if isinstance(init, str) else None
     if match is None:
-        raise ValueError(f"init={init!r}: choose one of {list(INIT_METHODS)} (k a non-negative integer)")
+        raise ValueError(f"{field}={init!r}: choose one of {list(INIT_METHODS)} (k a non-negative integer)")
     return "pissa", int(match.group(1))
-
-
-def init_from_peft(value):
-    """PEFT's init_lora_weights value -> our name: True -> "default"; "gaussian", "pissa", "pissa_niter_k" as is.
-
-    Raises:
-        ValueError: a value we do not implement (False, PEFT's random B used for debugging, or another
-            method such as "olora" or "loftq"), named in the message.
-    """
-    if value is True:
-        return "default"
-    if isinstance(value, str) and not isinstance(value, bool):
-        try:
-            check_init(value)
-            return value
-        except ValueError:
-            pass
-    raise ValueError(f"init_lora_weights={value!r}: only True, 'gaussian', 'pissa' and 'pissa_niter_<k>' are implemented")
 
 
 def default_init(rank, d_in, d_out, dtype=torch.float32, device=None, generator=None):
@@ -115,8 +96,7 @@ def pissa_init(weight, rank, scaling, niter=None):
         raise ValueError(f"PiSSA needs a 2-D floating-point weight, got {weight.dtype} of shape {tuple(weight.shape)}")
     if rank > min(weight.shape):
         raise ValueError(f"rank={rank} exceeds min(d_out, d_in) = {min(weight.shape)} of a {tuple(weight.shape)} weight")
-    if not (isinstance(scaling, (int, float)) and math.isfinite(scaling) and scaling > 0):
-        raise ValueError(f"scaling={scaling!r}: must be a positive finite number")
+    check_float("scaling", scaling)
     if niter is not None:
         niter = check_int("niter", niter, least=0)
     work = torch.float64 if weight.dtype == torch.float64 else torch.float32
@@ -145,17 +125,3 @@ def lora_init(init, weight, rank, scaling, generator=None):
     make = default_init if method == "default" else gaussian_init
     A, B = make(rank, d_in, d_out, dtype=weight.dtype, device=weight.device, generator=generator)
     return A, B, weight
-
-
-def pissa_quantization_error(weight, rank, scaling, blocksize=64, niter=None):
-    """NF4's reconstruction error with and without PiSSA (QPiSSA, PiSSA §4).
-
-    Plain QLoRA stores NF4(W0); QPiSSA stores NF4(W0 − s B A) and keeps s B A in full precision.
-    Returns the Frobenius norms (‖W0 − deq(NF4(W0))‖, ‖W0 − (deq(NF4(W_res)) + s B A)‖). The residual
-    has the large singular values removed, so its NF4 blocks have smaller absmax and finer steps.
-    """
-    A, B, residual = pissa_init(weight, rank, scaling, niter)
-    w = weight.detach().to(A.dtype)
-    plain = dequantize_nf4(quantize_nf4(weight.detach(), blocksize), dtype=A.dtype)
-    rebuilt = dequantize_nf4(quantize_nf4(residual, blocksize), dtype=A.dtype) + scaling * (B @ A)
-    return torch.linalg.norm(w - plain).item(), torch.linalg.norm(w - rebuilt).item()

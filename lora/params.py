@@ -6,7 +6,7 @@ counts a quantized weight by its logical size, not by the bytes that store it.
 """
 
 from lora.checks import check_float
-from lora.layer import LoRAAdapter
+from lora.adapter import LoRAAdapter
 
 
 def count_parameters(model):

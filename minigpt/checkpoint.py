@@ -28,7 +28,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from lora.files import atomic_write
+from lora.io.files import atomic_write
 
 FORMAT, VERSION = "minigpt-checkpoint", 1
 CKPT_NAME = "ckpt.pt"

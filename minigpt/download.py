@@ -5,7 +5,7 @@ Two environment variables decide the locations:
                        gpt2/vocab.bpe, gpt2/encoder.json (optional, never written to)
     MINIGPT_CACHE_DIR  where downloads and pretrained models are kept (default ~/.cache/minigpt)
 
-`download` writes through lora.safetensors_io.atomic_write, so an interrupted or failed download (network
+`download` writes through lora.io.safetensors_io.atomic_write, so an interrupted or failed download (network
 error, wrong checksum) leaves nothing at the destination, and a later call simply starts again.
 """
 
@@ -18,7 +18,7 @@ import urllib.request
 
 from tqdm.auto import tqdm
 
-from lora.files import atomic_write
+from lora.io.files import atomic_write
 
 _CHUNK = 1 << 20  # 1 MiB per read: a smooth progress bar without a syscall per byte
 

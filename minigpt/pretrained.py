@@ -2,7 +2,7 @@
 
 A pretrained model is a folder with two files, as Hugging Face writes them:
     config.json        GPT2Config fields: n_layer, n_head, n_embd, vocab_size, n_positions, ...
-    model.safetensors  the weights, read with lora.safetensors_io (no pickle)
+    model.safetensors  the weights, read with lora.io.safetensors_io (no pickle)
 
 HF's GPT-2 differs from our GPT in three ways, which is all this module translates (as nanoGPT's
 from_pretrained does):
@@ -29,8 +29,8 @@ import pathlib
 import torch
 
 from lora.checks import check_int
-from lora.files import staged_writes
-from lora.safetensors_io import check_finite, header_shapes, load_file, serialize
+from lora.io.files import staged_writes
+from lora.io.safetensors_io import check_finite, header_shapes, load_file, serialize
 from minigpt.download import cache_dir as default_cache_dir
 from minigpt.download import download
 from minigpt.model import GPT, GPTConfig

@@ -15,7 +15,8 @@ Everything read is checked by the loaders it goes through (checkpoint, safetenso
 import json
 import pathlib
 
-from lora.adapter_io import load_adapter, read_adapter_config
+from lora.config import read_adapter_config
+from lora.io.adapter_io import load_adapter
 from minigpt.checkpoint import CKPT_NAME, load_checkpoint, read_checkpoint
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import GPT2_NAMES, load_pretrained

@@ -12,11 +12,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-import lora.adapter_io
+import lora.io.adapter_io
 from helpers import assert_unchanged, snapshot
-from lora.adapter_io import load_adapter, lora_state_dict, read_adapter_config, save_adapter
-from lora.inject import apply_lora, lora_layers, merge_lora
-from lora.safetensors_io import load_file, save_file
+from lora.config import read_adapter_config
+from lora.io.adapter_io import load_adapter, lora_state_dict, save_adapter
+from lora.inject import apply_lora
+from lora.merge import merge_lora
+from lora.model_layers import lora_layers
+from lora.io.safetensors_io import load_file, save_file
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import load_pretrained
 
@@ -171,8 +174,9 @@ def rewrite_config(directory, **changes):
     (dict(r=3), r"'base_model.model.encoder.0.lora_A.weight' has shape \(2, 6\), but the model with this config needs \(3, 6\)"),
     (dict(target_modules=["decoder"]), "unexpected key 'base_model.model.encoder.0.lora_A.weight'"),
     (dict(target_modules=["encoder.0", "decoder", "missing"]), "'missing' matches no module"),
-    (dict(r=0), "rank=0"),
-    (dict(lora_alpha=-1), "alpha=-1"),
+    (dict(r=0), "adapter_config.json: r=0"),  # the key as the file spells it
+    (dict(lora_alpha=-1), "adapter_config.json: lora_alpha=-1"),
+    (dict(target_modules=None), "adapter_config.json: target_modules=None"),
     (dict(peft_type="IA3"), "peft_type='IA3'"),
     (dict(use_dora=True), "key 'base_model.model.encoder.0.lora_magnitude_vector' is missing"),
     (dict(rank_pattern={"decoder": 8}), "rank=8 exceeds min"),
@@ -342,7 +346,7 @@ def test_an_interrupted_write_leaves_the_previous_adapter(tmp_path, monkeypatch)
     def failing(config, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(lora.adapter_io, "write_adapter_config", failing)  # the weights are written by then
+    monkeypatch.setattr(lora.io.adapter_io, "write_adapter_config", failing)  # the weights are written by then
     with pytest.raises(OSError, match="disk full"):
         save_adapter(adapted(rank=3, alpha=6), target)
     assert tree(tmp_path) == before

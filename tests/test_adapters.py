@@ -1,12 +1,13 @@
 """Several named adapters on one model (lora/adapters.py, LoRALinear's adapter dict, multi-adapter files)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 
-import lora.adapter_io
+import lora.io.adapter_io
 from helpers import assert_unchanged, snapshot
 from lora import (
     LoRALinear,
@@ -22,9 +23,9 @@ from lora import (
     set_adapter,
     unmerge_lora,
 )
-from lora.adapter_layout import saved_adapters
-from lora.inject import OPTIONS
-from lora.safetensors_io import load_file, save_file, serialize
+from lora.io.adapter_layout import saved_adapters
+from lora.config import LoraConfig
+from lora.io.safetensors_io import load_file, save_file, serialize
 
 
 @pytest.fixture(autouse=True)
@@ -89,12 +90,13 @@ def test_each_adapter_keeps_its_own_settings():
 
 def test_list_adapters_gives_configs_and_active_flags():
     model = two_adapters()
-    assert list_adapters(model) == {
-        "default": dict(rank=2, alpha=4, dropout=0.0, targets=["a", "b"], use_rslora=False, **OPTIONS, active=True),
-        "other": dict(rank=3, alpha=5, dropout=0.1, targets=["b", "c"], use_rslora=True, **OPTIONS, active=False),
-    }
-    list_adapters(model)["default"]["rank"] = 99  # a copy: the model's records stay as they are
-    assert model.lora_configs["default"]["rank"] == 2
+    default = LoraConfig(r=2, lora_alpha=4, target_modules=["a", "b"])
+    other = LoraConfig(r=3, lora_alpha=5, lora_dropout=0.1, target_modules=["b", "c"], use_rslora=True)
+    assert model.lora_configs == {"default": default, "other": other}
+    assert list_adapters(model) == {"default": dict(dataclasses.asdict(default), active=True),
+                                    "other": dict(dataclasses.asdict(other), active=False)}
+    list_adapters(model)["default"]["r"] = 99  # a copy: the model's records stay as they are
+    assert model.lora_configs["default"].r == 2
 
 
 def test_switching_adapters_never_changes_base_weights():
@@ -325,7 +327,7 @@ def test_an_interrupted_save_of_several_adapters_writes_none_of_them(tmp_path, m
             raise OSError("disk full")
         return serialize(tensors, metadata)
 
-    monkeypatch.setattr(lora.adapter_io, "serialize", failing_serialize)
+    monkeypatch.setattr(lora.io.adapter_io, "serialize", failing_serialize)
     with pytest.raises(OSError, match="disk full"):
         save_adapter(two_adapters(), target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == old

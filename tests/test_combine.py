@@ -21,7 +21,7 @@ from lora import (
     save_adapter,
     set_adapter,
 )
-from lora.safetensors_io import load_file
+from lora.io.safetensors_io import load_file
 from minigpt.pretrained import load_pretrained
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_gpt2_tiny"
@@ -132,7 +132,7 @@ def test_different_targets_combine_over_the_union_of_layers():
     model = adapters(targets_second=("b",))
     assert list(model.a.adapters) == ["p"]
     add_weighted_adapter(model, ["p", "q"], [2.0, 1.0], "mix", combination_type="cat")
-    assert list_adapters(model)["mix"]["targets"] == ["a", "b"]
+    assert list_adapters(model)["mix"]["target_modules"] == ("a", "b")
     torch.testing.assert_close(delta(model.a, "mix"), 2.0 * delta(model.a, "p"), rtol=0, atol=1e-12)  # q adds zero
     torch.testing.assert_close(delta(model.b, "mix"), 2.0 * delta(model.b, "p") + delta(model.b, "q"), rtol=0, atol=1e-12)
 
@@ -155,7 +155,7 @@ def test_combined_adapter_is_inactive_and_saves_loads_and_merges(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(adapters=["p", "nope"]), r"unknown adapter 'nope'; the model has \['p', 'q'\]"),
     (dict(adapters=[]), "adapters=\\[\\]"),
-    (dict(weights=[1.0]), "one weight per adapter"),
+    (dict(weights=[1.0]), r"weights=\[1.0\]: give a list of 2 numbers"),
     (dict(weights=[1.0, float("nan")]), "nan is not a finite number"),
     (dict(weights=[1.0, float("-inf")]), "-inf is not a finite number"),
     (dict(weights=[1.0, True]), "True is not a finite number"),

@@ -14,7 +14,7 @@ from lora.dora import (
     dora_weight,
     weight_norm,
 )
-from lora.safetensors_io import load_file
+from lora.io.safetensors_io import load_file
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_variants" / "dora_layer.safetensors"
 D_IN, D_OUT, R, S = 6, 5, 2, 1.5

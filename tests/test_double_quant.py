@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lora.double_quant import (
+from lora.quant.double_quant import (
     DQ_SCHEMES,
     double_dequantize,
     double_quant_scheme_errors,
@@ -11,7 +11,7 @@ from lora.double_quant import (
     dynamic_map,
     roundtrip_constants,
 )
-from lora.nf4 import block_absmax
+from lora.quant.nf4 import block_absmax
 
 
 @pytest.fixture(autouse=True)

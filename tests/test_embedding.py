@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from lora.embedding import LoRAEmbedding
-from lora.safetensors_io import load_file
+from lora.io.safetensors_io import load_file
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 V, C, R = 20, 8, 3
@@ -47,7 +47,7 @@ def test_merge_preserves_lookup():
     assert not torch.allclose(before, layer.base(idx))
     layer.merge()
     torch.testing.assert_close(layer(idx), before, rtol=0, atol=1e-12)
-    torch.testing.assert_close(layer.to_embedding()(idx), before, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.to_plain()(idx), before, rtol=0, atol=1e-12)
     with pytest.warns(UserWarning, match="already merged"):
         layer.merge()
     layer.unmerge()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lora.inject import apply_lora
-from lora.nf4 import nbytes, quantize_nf4
+from lora.quant.nf4 import nbytes, quantize_nf4
 from lora.params import count_parameters
 from lora.targets import resolve_targets
 from minigpt.model import GPT, GPTConfig
@@ -248,10 +248,10 @@ class TestDoubleQuant:
         w = torch.randn(n)
         plain = 8 * nbytes(quantize_nf4(w, blocksize=blocksize)) / n
         got = ex.bits_per_parameter(blocksize)
-        assert abs(got - plain) < 1e-12, f"{got} bits at blocksize {blocksize}; lora.nf4 stores {plain}: 4 per code + 32 per block"
+        assert abs(got - plain) < 1e-12, f"{got} bits at blocksize {blocksize}; lora.quant.nf4 stores {plain}: 4 per code + 32 per block"
         dq = 8 * nbytes(quantize_nf4(w, blocksize=blocksize, double_quant=True)) / n - 32 / n  # less the one mean
         got = ex.bits_per_parameter(blocksize, 256)
-        assert abs(got - dq) < 1e-12, (f"{got} bits with double quantisation; lora.nf4 stores {dq}: 4 per code, 8 per "
+        assert abs(got - dq) < 1e-12, (f"{got} bits with double quantisation; lora.quant.nf4 stores {dq}: 4 per code, 8 per "
                                        "block, 32 per 256 blocks")
 
     def test_double_quant_saves_bits(self, ex):

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import lora.files
-from lora.files import atomic_dir, atomic_write, check_writable, staged_writes
+import lora.io.files
+from lora.io.files import atomic_dir, atomic_write, check_writable, staged_writes
 
 
 def tree(path):
@@ -56,18 +56,17 @@ def test_staged_writes_rename_everything_or_nothing(tmp_path):
     assert tree(tmp_path) == {"a": b"new a", "d": None, "d/x": b"x"}
 
 
-@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks (Windows has none)")
 def test_ctrl_c_during_the_renames_arrives_after_all_of_them(tmp_path, monkeypatch):
     renamed = []
     real_replace = os.replace
 
     def replace_then_interrupt(src, dst):
         if not renamed:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between the first and the second rename
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C between the first and the second rename
         real_replace(src, dst)
         renamed.append(dst)
 
-    monkeypatch.setattr(lora.files.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(lora.io.files.os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt), staged_writes() as stage:
         stage.file(tmp_path / "config").write_text("new config")
         stage.file(tmp_path / "weights").write_text("new weights")

@@ -6,16 +6,9 @@ import pathlib
 import pytest
 import torch
 
-from lora.init import (
-    check_init,
-    default_init,
-    gaussian_init,
-    init_from_peft,
-    lora_init,
-    pissa_init,
-    pissa_quantization_error,
-)
-from lora.safetensors_io import load_file
+from lora.init import check_init, default_init, gaussian_init, lora_init, pissa_init
+from lora.quant.qpissa import pissa_quantization_error
+from lora.io.safetensors_io import load_file
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_variants" / "pissa_init.safetensors"
 
@@ -98,13 +91,6 @@ def test_lora_init_default_keeps_base_and_pissa_changes_it():
 def test_unknown_init_names_raise(bad):
     with pytest.raises(ValueError, match="init="):
         check_init(bad)
-
-
-def test_peft_init_values_map_to_ours_or_raise():
-    assert init_from_peft(True) == "default" and init_from_peft("pissa_niter_16") == "pissa_niter_16"
-    for bad in (False, "olora", "loftq", 1):
-        with pytest.raises(ValueError, match="init_lora_weights"):
-            init_from_peft(bad)
 
 
 def test_pissa_rank_too_large_raises():

@@ -5,16 +5,10 @@ import torch
 import torch.nn as nn
 
 from helpers import assert_unchanged, snapshot
-from lora.inject import (
-    OPTIONS,
-    apply_lora,
-    disable_lora,
-    lora_layers,
-    mark_only_lora_trainable,
-    merge_and_unload,
-    merge_lora,
-    unmerge_lora,
-)
+from lora.config import LoraConfig
+from lora.inject import apply_lora
+from lora.merge import disable_lora, merge_and_unload, merge_lora, unmerge_lora
+from lora.model_layers import lora_layers, mark_only_lora_trainable
 from lora.layer import LoRALinear
 from minigpt.model import GPT, GPTConfig
 
@@ -76,7 +70,8 @@ def test_apply_lora_wraps_exactly_the_targets():
 
 def test_apply_lora_records_its_config():
     model = apply_lora(tiny_net(), rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True)
-    assert model.lora_configs == {"default": dict(rank=2, alpha=4, dropout=0.1, targets=["ff.0"], use_rslora=True, **OPTIONS)}
+    assert model.lora_configs == {"default": LoraConfig(r=2, lora_alpha=4, lora_dropout=0.1, target_modules=["ff.0"],
+                                                        use_rslora=True)}
 
 
 def test_only_lora_parameters_are_trainable():
@@ -138,13 +133,13 @@ def test_double_application_raises_and_leaves_model_unchanged(second):
 def test_second_application_on_other_layers_extends_the_adapter():
     model = apply_lora(tiny_net(), rank=2, alpha=4, targets=("query",))
     apply_lora(model, rank=2, alpha=4, targets=("value",))
-    assert len(list(lora_layers(model))) == 4 and model.lora_configs["default"]["targets"] == ["query", "value"]
+    assert len(list(lora_layers(model))) == 4 and model.lora_configs["default"].target_modules == ("query", "value")
 
 
 def test_second_application_with_other_hyperparameters_raises():
     model = apply_lora(tiny_net(), rank=2, alpha=4, targets=("query",))
     before = snapshot(model)
-    with pytest.raises(ValueError, match="rank=2, alpha=4"):
+    with pytest.raises(ValueError, match="already has LoRA with r=2; new layers must use the same value"):
         apply_lora(model, rank=4, alpha=4, targets=("value",))
     assert_unchanged(model, before)
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lora.layer import LoRALinear, lora_scaling
+from lora.adapter import lora_scaling
+from lora.layer import LoRALinear
 
 D_IN, D_OUT, RANK, ALPHA = 12, 10, 4, 8
 
@@ -233,7 +234,7 @@ def test_to_linear_holds_merged_weight_and_leaves_layer_unchanged():
     perturb_b(layer)
     original = layer.base.weight.detach().clone()
     x = torch.randn(3, D_IN, dtype=torch.float64)
-    linear = layer.to_linear()
+    linear = layer.to_plain()
     assert type(linear) is nn.Linear
     torch.testing.assert_close(linear(x), layer(x), rtol=0, atol=1e-12)
     assert torch.equal(layer.base.weight, original) and not layer.merged
@@ -244,7 +245,7 @@ def test_to_linear_keeps_the_base_weights_memory_layout():
     base.weight = nn.Parameter(base.weight.detach().t().contiguous().t())  # stored (d_in, d_out), as GPT-2's Conv1D
     layer = LoRALinear(base, RANK, ALPHA)
     perturb_b(layer)
-    linear = layer.to_linear()
+    linear = layer.to_plain()
     assert linear.weight.stride() == base.weight.stride() == (1, D_OUT)
     torch.testing.assert_close(linear.weight, base.weight + layer.delta_weight(), rtol=0, atol=1e-12)
     assert not linear.weight.requires_grad
@@ -260,7 +261,7 @@ def test_quantized_base_by_duck_typing():
     expected = base(x) + layer.scaling * x @ layer.lora_A.T @ layer.lora_B.T
     torch.testing.assert_close(layer(x), expected)
     # merge_and_unload's building block: dequant(W) + ΔW in a float nn.Linear
-    linear = layer.to_linear()
+    linear = layer.to_plain()
     torch.testing.assert_close(linear.weight, base.dequantize_weight() + layer.delta_weight().detach())
     torch.testing.assert_close(linear(x), layer(x), rtol=1e-5, atol=1e-5)
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lora.nf4 import nbytes, quantize_nf4
-from lora.nf4_report import (
+from lora.quant.nf4 import nbytes, quantize_nf4
+from lora.quant.report import (
     error_figures,
     format_memory_table,
     gpt2_small_spec,

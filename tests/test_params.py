@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lora.inject import apply_lora, lora_layers
+from lora.inject import apply_lora
+from lora.model_layers import lora_layers
 from lora.params import count_parameters, lora_plus_param_groups, trainable_summary
 from minigpt.model import GPT, GPTConfig
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from lora.safetensors_io import load_file, save_file
+from lora.io.safetensors_io import load_file, save_file
 from minigpt import pretrained
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import load_pretrained, save_pretrained

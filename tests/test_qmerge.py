@@ -7,11 +7,13 @@ import torch
 import torch.nn as nn
 
 from helpers import assert_unchanged, snapshot, tiny_gpt
-from lora.inject import apply_lora, lora_layers, merge_and_unload
+from lora.inject import apply_lora
+from lora.merge import merge_and_unload
+from lora.model_layers import lora_layers
 from lora.layer import LoRALinear
-from lora.nf4 import dequantize_nf4, nbytes, nf4_codebook, quantize_nf4
-from lora.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
-from lora.qmerge import merge_and_requantize, nf4_half_gap, requantization_bound, requantized_layer
+from lora.quant.nf4 import dequantize_nf4, nbytes, nf4_codebook, quantize_nf4
+from lora.quant.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
+from lora.quant.requantize import merge_and_requantize, nf4_half_gap, requantization_bound, requantized_layer
 
 
 def trained_qlora(double_quant=True, targets="all-linear", seed=0):

@@ -1,4 +1,4 @@
-"""lora.safetensors_io reads a hostile header without coercing anything or letting a parser error escape."""
+"""lora.io.safetensors_io reads a hostile header without coercing anything or letting a parser error escape."""
 
 import json
 import struct
@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 
-from lora.safetensors_io import check_finite, header_shapes, load_file, save_file
+from lora.io.safetensors_io import check_finite, header_shapes, load_file, save_file
 
 
 def write_raw(path, header, data=b""):

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from lora.checks import check_int
-from lora.files import atomic_write
+from lora.io.files import atomic_write
 from minigpt.bench.harness import load_average, pinned_threads
 from minigpt.threads import wait_policy
 

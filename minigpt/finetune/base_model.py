@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from lora.files import temp_dir
+from lora.io.files import temp_dir
 from minigpt.data import encode_text, split_train_val
 from minigpt.download import cache_dir
 from minigpt.finetune.corpus import read_corpus_file, sha256_text, stdlib_corpus

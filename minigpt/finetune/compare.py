@@ -14,7 +14,7 @@ import os
 import pathlib
 import time
 
-from lora.files import atomic_write, write_json
+from lora.io.files import atomic_write, write_json
 from minigpt.finetune.base_model import SCRATCH
 from minigpt.finetune.config import validate
 from minigpt.finetune.pipeline import run_finetune

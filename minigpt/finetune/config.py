@@ -6,13 +6,14 @@ file is written or a weight is loaded.
 """
 
 import dataclasses
+import functools
 import os
 
 import torch
 
 from lora.checks import check_bool, check_choice, check_float, check_int
+from lora.config import config_from_keywords, in_our_names
 from lora.inject import plan_lora
-from lora.targets import parse_targets
 from minigpt.device import DEVICES, pick_device
 from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text
 from minigpt.finetune.rundir import check_out_dir
@@ -59,6 +60,19 @@ class FinetuneConfig:
     progress: bool = True         # progress bars
     threads: int | None = None    # torch threads; None = $OMP_NUM_THREADS, else one per free core (minigpt.threads)
 
+    @functools.cached_property
+    def lora(self):
+        """The run's LoraConfig, built (and checked) once per FinetuneConfig; validate() calls it first.
+
+        Raises:
+            ValueError: a bad rank, alpha, dropout, targets, dora, init or use_rslora, named as here.
+        """
+        try:
+            return config_from_keywords(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets,
+                                        use_rslora=self.use_rslora, use_dora=self.dora, init=self.init)
+        except ValueError as e:  # the keyword form's names, and this config's own name for DoRA
+            raise ValueError(in_our_names(e, {"use_dora": "dora"})) from None
+
 
 def method_label(cfg):
     """The method in a few words, for progress bars and headers: "full", "lora r=8", "qlora r=8 dora"."""
@@ -74,25 +88,23 @@ def recipe_of(cfg):
 
 
 def _check_values(cfg):
+    """Every field but the LoRA settings, which FinetuneConfig.lora checks."""
     check_choice("method", cfg.method, METHODS)
     if cfg.base == SCRATCH and cfg.method != "full":
         raise ValueError(f"base='scratch' trains every weight from random init; use method='full', not {cfg.method!r}")
     check_choice("base_preset", cfg.base_preset, sorted(PRESETS))
-    for name in ("base_steps", "rank", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
+    for name in ("base_steps", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
         check_int(name, getattr(cfg, name))
     if cfg.threads is not None:
         check_int("threads", cfg.threads)
-    check_float("alpha", cfg.alpha)
-    check_float("dropout", cfg.dropout, 0.0, 1.0, low_open=False)
     if cfg.lr is not None:
         check_float("lr", cfg.lr)
     check_choice("device", cfg.device, DEVICES)
     if not isinstance(cfg.prompt, str) or not cfg.prompt:
         raise ValueError(f"prompt={cfg.prompt!r}: give a non-empty prompt to sample from")
-    parse_targets(cfg.targets)
+    check_choice("init", cfg.init, INITS)  # the fine-tune offers these three of lora.init's methods
     check_bool("dora", cfg.dora)
     check_bool("use_rslora", cfg.use_rslora)
-    check_choice("init", cfg.init, INITS)
     if cfg.method == "full" and (cfg.dora or cfg.init != "default" or cfg.use_rslora):
         raise ValueError("dora, init and use_rslora configure LoRA; method='full' trains every weight instead")
     if cfg.method == "qlora" and cfg.init == "pissa":
@@ -117,9 +129,7 @@ def _check_base(cfg):
     if cfg.method != "full":
         with torch.device("meta"):  # the architecture only: no memory, no time
             skeleton = GPT(config)
-        chosen = plan_lora(skeleton, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets),  # rank, targets
-                           use_rslora=cfg.use_rslora, use_dora=cfg.dora, init=cfg.init)
-        _check_untied(skeleton, chosen, cfg)
+        _check_untied(skeleton, plan_lora(skeleton, cfg.lora), cfg)  # the targets exist, r fits every layer
     return config
 
 
@@ -133,7 +143,7 @@ def _check_untied(skeleton, chosen, cfg):
     owners = {}
     for name, p in skeleton.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(name)
-    for name, module in chosen:
+    for name, module, _, _ in chosen:
         shared = owners.get(id(module.weight), [])
         if len(shared) > 1:
             raise ValueError(f"targets={cfg.targets!r}: {name!r} shares its weight with {shared} (tied); the merged "
@@ -151,11 +161,13 @@ def validate(cfg):
             text, an --out holding a run of another configuration, an unavailable device.
     """
     _check_values(cfg)
+    lora = cfg.lora  # the LoRA settings, checked once here; the returned config carries the same object
     config = _check_base(cfg)
     lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if cfg.base == SCRATCH else DEFAULT_LR[cfg.method])
     cfg = dataclasses.replace(
         cfg, lr=float(lr), alpha=float(cfg.alpha), block_size=cfg.block_size or min(128, config.block_size),
         out=cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}"))
+    cfg.__dict__["lora"] = lora  # cached_property's slot: the new config carries the checked LoraConfig, not a rebuild
     pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
     check_out_dir(cfg)
     return cfg

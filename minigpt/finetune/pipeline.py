@@ -17,9 +17,8 @@ import time
 import torch
 
 from lora import apply_lora, count_parameters, merge_and_unload, save_adapter, trainable_summary
-from lora.files import atomic_dir, dir_bytes, write_json
-from lora.nf4_linear import quantize_model
-from lora.targets import parse_targets
+from lora.io.files import atomic_dir, dir_bytes, write_json
+from lora.quant.nf4_linear import quantize_model
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.device import pick_device
 from minigpt.finetune.base_model import base_tokenizer, load_base
@@ -42,10 +41,9 @@ def prepare_model(base, cfg):
         base.requires_grad_(True)
         return base, info
     if cfg.method == "qlora":  # the frozen base becomes 4-bit NormalFloat (QLoRA §3)
-        info["quantized_bytes_before"], info["quantized_bytes_after"] = quantize_model(base, parse_targets(cfg.targets))
+        info["quantized_bytes_before"], info["quantized_bytes_after"] = quantize_model(base, cfg.lora.target_modules)
     torch.manual_seed(cfg.seed)  # A's Kaiming init
-    return apply_lora(base, cfg.rank, cfg.alpha, cfg.dropout, parse_targets(cfg.targets), cfg.use_rslora,
-                      use_dora=cfg.dora, init=cfg.init), info
+    return apply_lora(base, cfg.lora), info
 
 
 def load_data(cfg, tokenizer):

@@ -1,7 +1,7 @@
 """The output folder of a fine-tuning run: refusing a folder of another run, atomic publishing, the loss curve.
 
-A run folder holds OUTPUTS. Files are written with lora.files.atomic_write and folders with
-lora.files.atomic_dir (built beside their final place, then renamed into it), so an interrupted run
+A run folder holds OUTPUTS. Files are written with lora.io.files.atomic_write and folders with
+lora.io.files.atomic_dir (built beside their final place, then renamed into it), so an interrupted run
 never leaves half a file behind.
 """
 
@@ -11,7 +11,7 @@ import os
 import pathlib
 import shutil
 
-from lora.files import atomic_write
+from lora.io.files import atomic_write
 from minigpt.checkpoint import checkpoint_path, read_checkpoint
 
 OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "model.json",

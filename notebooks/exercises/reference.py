@@ -9,13 +9,13 @@ arithmetic has no library counterpart in this interface and is written from its 
 import torch
 import torch.nn as nn
 
-from lora.double_quant import double_dequantize as _double_dequantize
-from lora.double_quant import double_quantize as _double_quantize
+from lora.quant.double_quant import double_dequantize as _double_dequantize
+from lora.quant.double_quant import double_quantize as _double_quantize
 from lora.layer import LoRALinear
-from lora.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
-from lora.nf4 import nf4_codebook as _nf4_codebook
-from lora.nf4 import pack_nibbles as _pack_nibbles
-from lora.nf4 import unpack_nibbles as _unpack_nibbles
+from lora.quant.nf4 import NF4Weight, dequantize_nf4, quantize_nf4
+from lora.quant.nf4 import nf4_codebook as _nf4_codebook
+from lora.quant.nf4 import pack_nibbles as _pack_nibbles
+from lora.quant.nf4 import unpack_nibbles as _unpack_nibbles
 from lora.params import count_parameters
 
 # --- lora_layer --------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def dequantize_blockwise(packed, absmax, blocksize, shape):
 
 
 def bits_per_parameter(blocksize=64, dq_blocksize=None):
-    # the formula; tests/test_exercises.py checks it against the bytes lora.nf4 actually stores
+    # the formula; tests/test_exercises.py checks it against the bytes lora.quant.nf4 actually stores
     if dq_blocksize is None:
         return 4 + 32 / blocksize
     return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)

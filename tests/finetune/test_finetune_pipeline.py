@@ -55,10 +55,10 @@ def _trained_model(cfg, report):
     """A fresh base with the final trainable weights of the run's checkpoint (not its adapter files)."""
     model = load_pretrained(report.base_path)
     if cfg.method == "qlora":
-        from lora.nf4_linear import quantize_model
+        from lora.quant.nf4_linear import quantize_model
         quantize_model(model, "all-linear")
     if cfg.method != "full":
-        apply_lora(model, cfg.rank, cfg.alpha, cfg.dropout, "all-linear")
+        apply_lora(model, cfg.lora)
     model.load_state_dict(read_checkpoint(cfg.out)["model"], strict=False)
     return model.eval()
 
@@ -108,7 +108,7 @@ def test_adapter_reloads_into_fresh_base_exactly(runs, method):
     cfg, report = runs[method]
     model = load_pretrained(report.base_path)
     if method == "qlora":
-        from lora.nf4_linear import quantize_model
+        from lora.quant.nf4_linear import quantize_model
         quantize_model(model, "all-linear")
     load_adapter(model, pathlib.Path(cfg.out) / "adapter")
     with torch.no_grad():

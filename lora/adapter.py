@@ -5,8 +5,7 @@ Liu et al., 2024, §4.1).
     DoRA   h = m ⊙ (W0 + s B A) x / ‖W0 + s B A‖   (the norm per output row; lora.dora has the math)
 
 A LoRALinear (lora.layer) holds its adapters by name; this module holds what one adapter owns: A, B,
-the scaling, its dropout and, with DoRA, the trainable magnitude m, plus the checks shared with the
-layer. The DoRA formulas themselves live in lora.dora; the methods here only feed them.
+the scaling, its dropout and, with DoRA, the trainable magnitude m, plus the adapter-name rule. The DoRA formulas themselves live in lora.dora; the methods here only feed them.
 
 Shape legend:
     d_in / d_out  the adapted layer's input / output sizes      r  rank
@@ -19,7 +18,6 @@ import re
 import torch
 import torch.nn as nn
 
-from lora.checks import check_bool, check_float, check_int
 from lora.dora import dora_forward, dora_magnitude_init, dora_unmerge_weight, dora_weight, weight_norm
 
 
@@ -30,15 +28,6 @@ def lora_scaling(rank, alpha, use_rslora=False):
     slower; α / √r keeps it rank-stable. This is the only place the factor is computed.
     """
     return alpha / math.sqrt(rank) if use_rslora else alpha / rank
-
-
-def check_lora_hparams(rank, alpha, dropout, use_rslora=False, use_dora=False):
-    """Raise ValueError naming the first bad hyperparameter and what is allowed."""
-    check_int("rank", rank)
-    check_float("alpha", alpha)
-    check_float("dropout", dropout, 0.0, 1.0, low_open=False)
-    check_bool("use_rslora", use_rslora)
-    check_bool("use_dora", use_dora)
 
 
 def is_quantized_linear(module):
@@ -65,23 +54,22 @@ def check_adapter_name(name):
 class LoRAAdapter(nn.Module):
     """One adapter's low-rank path: x ↦ (α / r) B A dropout(x) (LoRA §4.1); with use_dora also m (DoRA §4.1).
 
+    Built by a LoRA layer from a LoraConfig (lora.config), which has checked every value already.
+
     Args:
         d_in, d_out: sizes of the adapted layer.
-        rank: r, the rank of the update; a positive integer.
-        alpha: α, a positive number; the update is scaled by α / r (α / √r with rsLoRA).
+        rank: r, the rank of the update.
+        alpha: α; the update is scaled by α / r (α / √r with rsLoRA).
         dropout: probability of dropping inputs of the low-rank path, in [0, 1); training mode only.
         use_rslora: scale by α / √r instead of α / r (Kalajdzievski, 2023).
         use_dora: add a trainable magnitude vector `lora_magnitude_vector` (d_out,), PEFT's name; it
             holds ones until init_magnitude(W0) sets it to ‖W0 + s B A‖ (the layer does that).
         device, dtype: of A and B (and m).
-    Raises:
-        ValueError: a bad hyperparameter.
     """
 
-    def __init__(self, d_in, d_out, rank, alpha, dropout=0.0, use_rslora=False, device=None, dtype=None,
-                 use_dora=False):
+    def __init__(self, d_in, d_out, rank, alpha, dropout=0.0, use_rslora=False, use_dora=False, device=None,
+                 dtype=None):
         super().__init__()
-        check_lora_hparams(rank, alpha, dropout, use_rslora, use_dora)
         self.rank, self.alpha, self.use_rslora, self.use_dora = rank, alpha, use_rslora, use_dora
         self.scaling = lora_scaling(rank, alpha, use_rslora)
         self.lora_A = nn.Parameter(torch.empty(rank, d_in, device=device, dtype=dtype))   # (r, d_in)
@@ -104,6 +92,10 @@ class LoRAAdapter(nn.Module):
         """
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B)
+
+    def factors(self):
+        """(A, B) with ΔW = s B A: the Parameters adapter arithmetic (lora.combine) reads and writes."""
+        return self.lora_A, self.lora_B
 
     def delta_weight(self):
         """ΔW = (α / r) B A, shape (d_out, d_in) like nn.Linear.weight (LoRA §4.1)."""
@@ -137,10 +129,13 @@ class LoRAAdapter(nn.Module):
                             dropout=drop, base_out=base_out)
 
     def dora_merged(self, weight):
-        """(W' = m (W0 + ΔW) / ‖W0 + ΔW‖, ‖W0 + ΔW‖) for W0 = `weight` (DoRA §4.1, Eq. 5), in weight's dtype."""
+        """W' = m (W0 + ΔW) / ‖W0 + ΔW‖ for W0 = `weight` (DoRA §4.1, Eq. 5), in weight's dtype."""
         delta = self.delta_weight().detach().to(weight.dtype)
-        norm = weight_norm(weight + delta)
-        return dora_weight(weight, delta, self.lora_magnitude_vector.detach().to(weight.dtype)), norm
+        return dora_weight(weight, delta, self.lora_magnitude_vector.detach().to(weight.dtype))
+
+    def merge_norm(self, weight):
+        """‖W0 + ΔW‖ per output row (d_out,) for W0 = `weight`: what unmerge needs, kept at merge time."""
+        return weight_norm(weight + self.delta_weight().detach().to(weight.dtype))
 
     def dora_unmerged(self, merged):
         """W0 = W' / (m / norm) − ΔW with the norm cached at merge time (lora.dora.dora_unmerge_weight)."""

@@ -41,15 +41,29 @@ def check_writable(path):
 
 @contextlib.contextmanager
 def _signals_held():
-    """Hold back SIGINT/SIGTERM while the body runs (POSIX main thread); they arrive right after it."""
-    held = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if held:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    """Hold back Ctrl-C (SIGINT) and SIGTERM while the body runs; one that arrives is re-raised right after.
+
+    Python's handlers always run in the main thread, whichever thread the operating system picked to
+    receive the signal, so replacing them (rather than masking the signal in one thread) holds back
+    every Ctrl-C. Only the main thread may set handlers; elsewhere the body runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+
+    def remember(signum, frame):
+        received.append(signum)
+
+    sigs = [s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s is not None]
+    old = {sig: signal.signal(sig, remember) for sig in sigs}
     try:
         yield
     finally:
-        if held:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])  # now, with the caller's handler: KeyboardInterrupt for Ctrl-C
 
 
 def _fsync_file(path):

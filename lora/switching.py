@@ -3,39 +3,34 @@
     apply_lora(model, ..., adapter_name="a")    add adapter "a" (the first one is active)
     set_adapter(model, ["a", "b"])              h = W0 x + ΔW_a x + ΔW_b x on every layer
     delete_adapter(model, "b")                  gone; the last one gone leaves the plain base model
-    list_adapters(model)                        {"a": {rank, alpha, dropout, targets, use_rslora, active}}
+    list_adapters(model)                        {"a": {r, lora_alpha, ..., "active": True}, ...}
 
-The adapters live inside the LoRALinear layers (`layer.adapters[name]`); `model.lora_configs` keeps
-each one's settings. The semantics are PEFT's: several active adapters add their ΔW, only the active
-ones are trainable, and the base stays frozen. Switching never touches the base weights, and it is
-refused while the model is merged, so a merged weight never holds one adapter while another is active.
+The adapters live inside the LoRA layers (`layer.adapters[name]`, linear layers and embeddings
+alike); `model.lora_configs[name]` keeps each one's LoraConfig. The semantics are PEFT's: several
+active adapters add their ΔW, only the active ones are trainable, and the base stays frozen.
+Switching never touches the base weights, and it is refused while the model is merged, so a merged
+weight never holds one adapter while another is active.
 """
 
-import copy
+import dataclasses
 import warnings
 
 from lora.layer import check_dora_alone
-from lora.model_layers import active_adapters, lora_embeddings, lora_layers, mark_only_lora_trainable
+from lora.model_layers import (
+    active_adapters,
+    adapter_names,
+    check_adapters_exist,
+    lora_modules,
+    mark_only_lora_trainable,
+)
 from lora.targets import set_module
 
 
-def adapter_names(model):
-    """Names of the adapters of `model`, in the order they were added."""
-    return list(getattr(model, "lora_configs", {}))
-
-
-def check_adapters_exist(model, names):
-    """Raise ValueError naming the first of `names` that `model` does not have, and listing those it has."""
-    existing = adapter_names(model)
-    for name in names:
-        if name not in existing:
-            raise ValueError(f"unknown adapter {name!r}; the model has {existing or 'no adapters (call apply_lora)'}")
-
-
 def list_adapters(model):
-    """{name: {rank, alpha, dropout, targets, use_rslora, active}} for every adapter, in the order added."""
+    """{name: the LoraConfig's fields (PEFT's names) and "active"} for every adapter, in the order added."""
     active = active_adapters(model)
-    return {name: dict(copy.deepcopy(cfg), active=name in active) for name, cfg in getattr(model, "lora_configs", {}).items()}
+    return {name: dict(dataclasses.asdict(cfg), active=name in active)
+            for name, cfg in getattr(model, "lora_configs", {}).items()}
 
 
 def set_adapter(model, names):
@@ -46,7 +41,8 @@ def set_adapter(model, names):
 
     Raises:
         ValueError: no names, an unknown name (the message lists the existing ones), a name twice,
-            or a merged model (unmerge_lora(model) first). The model is unchanged when this is raised.
+            a DoRA adapter beside another one, or a merged model (unmerge_lora(model) first). The
+            model is unchanged when this is raised.
     """
     names = [names] if isinstance(names, str) else list(names) if isinstance(names, (list, tuple)) else names
     if not isinstance(names, list) or not names:
@@ -54,15 +50,14 @@ def set_adapter(model, names):
     check_adapters_exist(model, names)
     if len(set(names)) != len(names):
         raise ValueError(f"names={names!r}: each adapter can be active once")
-    configs = model.lora_configs
-    check_dora_alone(names, [n for n in names if configs[n].get("use_dora")])
-    merged = [n for n, layer in [*lora_layers(model), *lora_embeddings(model)] if layer.merged]
+    layers = list(lora_modules(model))
+    dora = {a for _, layer in layers for a, adapter in layer.adapters.items() if adapter.use_dora}
+    check_dora_alone(names, [n for n in names if n in dora])
+    merged = [n for n, layer in layers if layer.merged]
     if merged:
         raise ValueError(f"cannot switch adapters while {merged[0]!r} is merged; call unmerge_lora(model) first")
-    for _, layer in lora_layers(model):
+    for _, layer in layers:
         layer.set_active([n for n in names if n in layer.adapters])
-    for _, emb in lora_embeddings(model):
-        emb.active = emb.adapter_name in names
     mark_only_lora_trainable(model)
     return model
 
@@ -78,25 +73,20 @@ def delete_adapter(model, name):
         ValueError: an unknown name, or the adapter is merged (unmerge_lora(model) first).
     """
     check_adapters_exist(model, [name])
-    layers = list(lora_layers(model))
+    layers = [(n, layer) for n, layer in lora_modules(model) if name in layer.adapters]
     merged = [n for n, layer in layers if name in layer.merged_adapters]
     if merged:
         raise ValueError(f"adapter {name!r} is merged into {merged[0]!r}; call unmerge_lora(model) first")
-    embeddings = [(n, e) for n, e in lora_embeddings(model) if e.adapter_name == name]
-    if any(e.merged for _, e in embeddings):
-        raise ValueError(f"adapter {name!r} is merged into {embeddings[0][0]!r}; call unmerge_lora(model) first")
     was_active = active_adapters(model)
     for layer_name, layer in layers:
-        if name in layer.adapters:
-            layer.delete_adapter(name)
-            if not layer.adapters:
-                set_module(model, layer_name, layer.base)
-    for layer_name, emb in embeddings:
-        set_module(model, layer_name, emb.base)
-    del model.lora_configs[name]
+        layer.delete_adapter(name)
+        if not layer.adapters:
+            set_module(model, layer_name, layer.base)
+    getattr(model, "lora_configs", {}).pop(name, None)
     remaining = adapter_names(model)
     if not remaining:
-        del model.lora_configs
+        if hasattr(model, "lora_configs"):
+            del model.lora_configs
         return model
     still_active = [n for n in was_active if n != name]
     if not still_active:

@@ -11,9 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lora.layer import LoRALinear
-from lora.nf4 import NF4Weight, bits_per_parameter, check_nf4_weight, check_scales, dequantize_nf4, quantize_nf4
-from lora.targets import resolve_targets, set_module
+from lora.base_layer import LoRALayer
+from lora.quant.nf4 import NF4Weight, bits_per_parameter, dequantize_nf4, quantize_nf4
+from lora.quant.nf4_checks import check_blocksize, check_nf4_weight, check_scales
+from lora.targets import select_layers, set_module, user_targets
 
 _FIELDS = ("packed", "absmax", "absmax_q", "absmax_scale", "absmax_mean")  # NF4Weight tensors, stored as buffers
 
@@ -48,7 +49,9 @@ class LinearNF4(nn.Module):
 
     The quantised tensors are buffers named weight_packed, weight_absmax (or weight_absmax_q,
     weight_absmax_scale, weight_absmax_mean with double quantisation), so .to(device) moves them and
-    state_dict saves them. No float copy of W is kept. The bias stays in float, frozen.
+    state_dict saves them; weight_blocksizes (int32: the NF4 and the double-quantisation blocksize)
+    goes with them, because codes quantised in blocks of 64 read in blocks of 96 would give a wrong
+    weight everywhere and no error. No float copy of W is kept. The bias stays in float, frozen.
 
     Args:
         weight_q: an NF4Weight of shape (d_out, d_in), from quantize_nf4.
@@ -68,6 +71,8 @@ class LinearNF4(nn.Module):
             raise ValueError(f"bias shape {tuple(bias.shape)} does not match out_features={self.out_features}")
         for field in _FIELDS:
             self.register_buffer(f"weight_{field}", getattr(weight_q, field))
+        self.register_buffer("weight_blocksizes", torch.tensor([weight_q.blocksize, weight_q.dq_blocksize],
+                                                               dtype=torch.int32, device=weight_q.packed.device))
         self.weight_dtype, self.blocksize, self.dq_blocksize = weight_q.dtype, weight_q.blocksize, weight_q.dq_blocksize
         self.compute_dtype = compute_dtype
         if bias is None:
@@ -98,10 +103,36 @@ class LinearNF4(nn.Module):
         """
         return dequantize_nf4(self.weight_q, dtype=dtype, check_values=False)
 
+    def check_state(self, state_dict, prefix, where=None):
+        """Raise ValueError unless `state_dict`'s entries under `prefix` fit this layer: the same keys,
+        shapes, dtypes and blocksizes, and finite scales. A state dict holding none of them is fine
+        (a partial load leaves this layer as it is)."""
+        where = where or prefix.rstrip(".") or type(self).__name__
+        mine = {k: v for k, v in self.state_dict().items() if k != "bias"}
+        given = {k: state_dict[prefix + k] for k in mine if prefix + k in state_dict}
+        given |= {k[len(prefix):]: v for k, v in state_dict.items()
+                  if k.startswith(prefix + "weight_") and "." not in k[len(prefix):]}
+        if not given:
+            return
+        if set(given) != set(mine):
+            missing, extra = sorted(set(mine) - set(given)), sorted(set(given) - set(mine))
+            raise ValueError(f"state dict of {where}: NF4 entries {missing or extra} {'missing' if missing else 'unexpected'}"
+                             " (a state dict with and one without double quantisation do not mix)")
+        blocksizes = given["weight_blocksizes"]
+        if blocksizes.shape != (2,) or blocksizes.dtype != torch.int32 or blocksizes.tolist() != [self.blocksize,
+                                                                                                   self.dq_blocksize]:
+            raise ValueError(f"state dict of {where}: blocksizes {blocksizes.tolist()}, but the layer quantises in blocks "
+                             f"of {[self.blocksize, self.dq_blocksize]} (blocksize, double-quantisation blocksize): "
+                             "the codes would be read in the wrong blocks")
+        for k, v in given.items():
+            if v.shape != mine[k].shape or v.dtype != mine[k].dtype:
+                raise ValueError(f"state dict of {where}: {k} is {v.dtype} {tuple(v.shape)}, the layer holds "
+                                 f"{mine[k].dtype} {tuple(mine[k].shape)}")
+        check_scales({f: given["weight_" + f] for f in _FIELDS if "weight_" + f in given}, where=f"state dict of {where}")
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a state dict is a file's content: refuse NaN/inf or negative scales before they are copied in
-        check_scales({f: state_dict[prefix + "weight_" + f] for f in _FIELDS if prefix + "weight_" + f in state_dict},
-                     where=f"state dict of {prefix.rstrip('.') or type(self).__name__}")
+        # a state dict is a file's content: refuse wrong blocksizes, shapes and non-finite scales before copying
+        self.check_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def num_quantized_parameters(self):
@@ -157,19 +188,23 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
 
     Args:
         model: any nn.Module.
-        targets: module-name suffixes or "all-linear".
+        targets: module names ("c_attn, c_fc", a list), "all-linear", or a regex ("re:..." or compiled);
+            a LoraConfig's target_modules works as it is.
         blocksize, double_quant, compute_dtype: passed to LinearNF4.from_linear.
     Returns:
         (bytes_before, bytes_after): model_weight_bytes before and after the swap.
+    Afterwards model.load_state_dict checks every quantised layer of the state dict before it copies
+    anything (check_nf4_state_dict).
     Raises:
-        ValueError: bad targets; the model already has LoRA adapters; a targeted weight is shared with
+        ValueError: bad targets or blocksize; the model already has LoRA adapters; a targeted weight is shared with
             another module (a tied output head), since quantising it would keep the float copy too; a
             weight that cannot be quantised (NaN/inf, beyond float32), named by its layer. Every layer is
             quantised before any is swapped in, so on any error the model is left exactly as it was.
     """
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
+    if any(isinstance(m, LoRALayer) for m in model.modules()):
         raise ValueError("the model already has LoRA adapters; quantise the base model first, then apply LoRA")
-    chosen = resolve_targets(model, targets, types=(nn.Linear, LinearNF4))
+    check_blocksize(blocksize)
+    chosen = select_layers(model, user_targets(targets), types=(nn.Linear, LinearNF4))
     owners = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(p), []).append(name)
@@ -187,4 +222,21 @@ def quantize_model(model, targets="all-linear", blocksize=64, double_quant=True,
                 raise ValueError(f"cannot quantise {name!r}: {e}; the model was left unchanged") from None
     for name, layer in staged:
         set_module(model, name, layer)
+    if not getattr(model, "_checks_nf4_state", False):  # once: load_state_dict then checks every layer first
+        model.register_load_state_dict_pre_hook(check_nf4_state_dict)
+        model._checks_nf4_state = True
     return before, model_weight_bytes(model)
+
+
+def check_nf4_state_dict(model, state_dict, prefix="", *hook_args):
+    """Check every LinearNF4 entry of a whole model's `state_dict` against the model's layers.
+
+    quantize_model registers this as the model's load_state_dict pre-hook, so it runs before torch
+    copies anything: a wrong blocksize or a NaN scale in the last layer is refused while the first
+    layer is still untouched (torch alone copies layer by layer).
+    Raises:
+        ValueError: naming the layer (see LinearNF4.check_state).
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, LinearNF4):
+            module.check_state(state_dict, f"{prefix}{name}." if name else prefix)

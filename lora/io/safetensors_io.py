@@ -8,7 +8,7 @@ implement it in a page instead of depending on the `safetensors` package:
     [rest]     the raw little-endian bytes of every tensor; data_offsets = [begin, end) into this part
 
 Nothing here unpickles anything, so a file from an untrusted source can at worst raise a ValueError.
-Files are written through lora.files.atomic_write, so a crash never leaves half a file.
+Files are written through lora.io.files.atomic_write, so a crash never leaves half a file.
 """
 
 import json
@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from lora.files import atomic_write
+from lora.io.files import atomic_write
 
 # safetensors dtype names <-> torch dtypes
 _DTYPES = {
@@ -31,7 +31,7 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation refuses larger headers too
 
 if sys.byteorder != "little":  # the format is little-endian and we copy raw bytes
-    raise ImportError("lora.safetensors_io needs a little-endian machine")
+    raise ImportError("lora.io.safetensors_io needs a little-endian machine")
 
 
 def save_file(tensors, path, metadata=None):

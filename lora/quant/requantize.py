@@ -18,9 +18,9 @@ Shape legend:
 
 import torch
 
-from lora.inject import lora_layers
-from lora.nf4 import block_absmax, dequantized_absmax, nf4_codebook, quantize_nf4
-from lora.nf4_linear import LinearNF4
+from lora.model_layers import lora_layers
+from lora.quant.nf4 import block_absmax, dequantized_absmax, nf4_codebook, quantize_nf4
+from lora.quant.nf4_linear import LinearNF4
 from lora.targets import set_module
 
 _EPS = torch.finfo(torch.float32).eps  # float32 rounding of the scaled value and of level · absmax
@@ -52,7 +52,7 @@ def requantization_bound(weight, q):
 def requantized_layer(layer):
     """A LinearNF4 holding NF4(dequant(W₄) + ΔW) for a LoRALinear over a LinearNF4; nothing is modified.
 
-    The merged weight is the one merge_and_unload would store (layer.to_linear(): dequant(W₄) plus the
+    The merged weight is the one merge_and_unload would store (layer.to_plain(): dequant(W₄) plus the
     ΔW of the active adapters, checked finite), quantised with the base's blocksize and double
     quantisation; the bias and compute dtype are the base's. With no active adapter ΔW = 0 and the
     base itself is returned, so its codes are not rounded a second time.
@@ -64,7 +64,7 @@ def requantized_layer(layer):
         raise ValueError(f"requantising needs a LinearNF4 base, got {type(base).__name__}")
     if not layer.active_adapters:
         return base
-    merged = layer.to_linear()  # (d_out, d_in) float: dequant(W₄) + ΔW
+    merged = layer.to_plain()  # (d_out, d_in) float: dequant(W₄) + ΔW
     q = quantize_nf4(merged.weight, blocksize=base.blocksize, double_quant=base.weight_q.double_quant)
     return LinearNF4(q, merged.bias, compute_dtype=base.compute_dtype)
 
@@ -92,7 +92,7 @@ def merge_and_requantize(model):
     staged = []
     for name, layer in layers:
         try:
-            new = requantized_layer(layer) if isinstance(layer.base, LinearNF4) else layer.to_linear()
+            new = requantized_layer(layer) if isinstance(layer.base, LinearNF4) else layer.to_plain()
         except ValueError as e:
             raise ValueError(f"cannot merge {name!r}: {e}; the model was left unchanged") from None
         staged.append((name, new))

@@ -10,7 +10,7 @@ import numbers
 import torch
 
 from lora.checks import check_int
-from lora.double_quant import num_dq_blocks
+from lora.quant.double_quant import num_dq_blocks
 
 
 def check_blocksize(blocksize):

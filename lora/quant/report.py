@@ -1,6 +1,6 @@
 """Where QLoRA's memory savings come from, in numbers: the figures of docs/nf4.md.
 
-    python -m lora.nf4_report      # prints the memory table and the error figures
+    python -m lora.quant.report      # prints the memory table and the error figures
 
 Memory: every linear weight of the transformer blocks is stored in NF4 (blocksize 64), everything
 else (embeddings, norms, biases, an untied output head) in bf16, as QLoRA does. Stored bytes come from
@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from lora.double_quant import DQ_BLOCKSIZE, double_quant_scheme_errors, num_dq_blocks, roundtrip_constants
-from lora.nf4 import block_absmax, dequantize_nf4, quantize_nf4
+from lora.quant.double_quant import DQ_BLOCKSIZE, double_quant_scheme_errors, num_dq_blocks, roundtrip_constants
+from lora.quant.nf4 import block_absmax, dequantize_nf4, quantize_nf4
 
 GIB = 2**30
 

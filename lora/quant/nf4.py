@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from lora.checks import check_int
-from lora.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize
-from lora.nf4_checks import check_blocksize, check_nf4_weight, check_scales, check_weight
+from lora.quant.double_quant import DQ_BLOCKSIZE, double_dequantize, double_quantize
+from lora.quant.nf4_checks import check_blocksize, check_nf4_weight, check_scales, check_weight
 
 DEFAULT_CHUNK = 2**22  # weights quantised per step: bounds the temporaries (about 16 bytes per weight)
 
@@ -72,16 +72,19 @@ def _table(name, device):
     return _ON_DEVICE[key]
 
 
-def _as_blocks(flat, blocksize):
-    """(n,) -> (nb, bs), zero-padded; zeros never raise a block's absmax."""
-    pad = (-flat.numel()) % blocksize
-    return (F.pad(flat, (0, pad)) if pad else flat).view(-1, blocksize)
+def _split_blocks(flat, blocksize):
+    """(n,) -> ((nf, bs) full blocks, (n - nf·bs,) tail): a view and a slice, no padding, so even a
+    blocksize far above n allocates nothing."""
+    nf = flat.numel() // blocksize
+    return flat[: nf * blocksize].view(nf, blocksize), flat[nf * blocksize:]
 
 
 def block_absmax(weight, blocksize=64):
     """absmax_b = max over block b of |w|: (any shape, n values) -> (nb,) float32 (QLoRA §3, Eq. 1)."""
     check_blocksize(blocksize)
-    return _as_blocks(weight.detach().reshape(-1).float(), blocksize).abs().amax(dim=1)
+    full, tail = _split_blocks(weight.detach().reshape(-1).float(), blocksize)
+    absmax = full.abs().amax(dim=1)
+    return torch.cat([absmax, tail.abs().amax().reshape(1)]) if tail.numel() else absmax
 
 
 def pack_nibbles(codes):
@@ -112,20 +115,26 @@ def nearest_level(scaled):
     return torch.bucketize(scaled, _table("midpoints", scaled.device), out_int32=True)
 
 
-def _codes_for_blocks(blocks, absmax, last_is_partial):
-    """(c, bs) float32 blocks and their (c,) absmax -> (c·bs,) int32 codes.
+def _codes_for_blocks(blocks, absmax):
+    """(c, bs) float32 full blocks and their (c,) absmax -> (c·bs,) int32 codes.
 
     Scaling multiplies by the float32 reciprocal 1/absmax, as bitsandbytes' CUDA kernel and its torch
-    reference do. The torch reference (its CPU path) divides instead for the final, partial block;
-    x·(1/a) and x/a can differ by one ulp, which moves a code only for a value on a midpoint, but we
-    copy that too so every byte matches. An absmax below 1e-38 is clamped as bitsandbytes does, so an
-    all-zero block scales to zeros (code 7, level 0.0) instead of 0/0.
+    reference do (the final, partial block is divided instead: _codes_for_tail). An absmax below 1e-38
+    is clamped as bitsandbytes does, so an all-zero block scales to zeros (code 7, level 0.0) instead of 0/0.
     """
     safe = absmax.clamp(min=1e-38)
-    scaled = blocks * (1.0 / safe)[:, None]                    # (c, bs) in [-1, 1]
-    if last_is_partial:
-        scaled[-1] = blocks[-1] / safe[-1]
-    return nearest_level(scaled).reshape(-1)
+    return nearest_level(blocks * (1.0 / safe)[:, None]).reshape(-1)  # (c, bs) in [-1, 1] -> (c·bs,)
+
+
+def _codes_for_tail(tail, absmax):
+    """The codes of a final, partial block: bitsandbytes' torch reference divides by its absmax there.
+
+    x·(1/a) and x/a can differ by one ulp, which moves a code only for a value on a midpoint, but we
+    copy that too so every byte matches. An odd count gets one more code, 7 (level 0.0), as the zero
+    bitsandbytes pads with, so the nibbles fill whole bytes.
+    """
+    codes = nearest_level(tail / absmax.clamp(min=1e-38))
+    return F.pad(codes, (0, tail.numel() % 2), value=7)
 
 
 @dataclasses.dataclass
@@ -133,7 +142,7 @@ class NF4Weight:
     """A weight quantised to NF4: the stored tensors plus what is needed to rebuild it.
 
     Without double quantisation `absmax` holds the scales; with it `absmax` is None and the scales
-    are `absmax_q`, `absmax_scale` and `absmax_mean` (see lora.double_quant).
+    are `absmax_q`, `absmax_scale` and `absmax_mean` (see lora.quant.double_quant).
     """
 
     packed: torch.Tensor                       # (ceil(n/2),) uint8, two codes per byte, first in the high nibble
@@ -160,7 +169,7 @@ class NF4Weight:
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
-def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CHUNK):
+def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=None):
     """Quantise a float tensor to NF4 with per-block absmax (QLoRA §3).
 
     Args:
@@ -168,7 +177,8 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
             (as bitsandbytes does), so float64 inputs lose their extra bits before quantisation.
         blocksize: weights per absmax, a positive even integer (64 in QLoRA).
         double_quant: also quantise the absmax constants to int8 in blocks of 256 (QLoRA §3).
-        chunk_size: weights processed per step, a multiple of `blocksize`; it bounds memory and never
+        chunk_size: weights processed per step, a multiple of `blocksize`; None takes the largest
+            multiple of blocksize up to DEFAULT_CHUNK (at least one block). It bounds memory and never
             changes the result, since every block is quantised on its own.
     Returns:
         NF4Weight. Its bytes and absmax equal bitsandbytes' quantize_4bit(weight, blocksize, "nf4").
@@ -177,21 +187,24 @@ def quantize_nf4(weight, blocksize=64, double_quant=False, chunk_size=DEFAULT_CH
     """
     check_blocksize(blocksize)
     check_weight(weight)
+    if chunk_size is None:
+        chunk_size = max(1, DEFAULT_CHUNK // blocksize) * blocksize
     if check_int("chunk_size", chunk_size) % blocksize:
         raise ValueError(f"chunk_size={chunk_size!r}: must be a positive multiple of blocksize={blocksize}")
     n = weight.numel()
-    blocks = _as_blocks(weight.detach().reshape(-1), blocksize)  # (nb, bs), original dtype
-    nb, step = blocks.shape[0], chunk_size // blocksize
-    absmax = torch.empty(nb, dtype=torch.float32, device=weight.device)
-    packed = torch.empty(nb * blocksize // 2, dtype=torch.uint8, device=weight.device)
-    for start in range(0, nb, step):  # a loop over chunks of blocks, not elements
-        stop = min(start + step, nb)
-        chunk = blocks[start:stop].float()                     # (c, bs)
+    full, tail = _split_blocks(weight.detach().reshape(-1), blocksize)  # (nf, bs), (t,), original dtype
+    nf, step = full.shape[0], max(1, chunk_size // blocksize)
+    absmax = torch.empty(nf + (tail.numel() > 0), dtype=torch.float32, device=weight.device)
+    packed = torch.empty((n + 1) // 2, dtype=torch.uint8, device=weight.device)
+    for start in range(0, nf, step):  # a loop over chunks of blocks, not elements
+        stop = min(start + step, nf)
+        chunk = full[start:stop].float()                       # (c, bs)
         absmax[start:stop] = chunk.abs().amax(dim=1)
-        codes = _codes_for_blocks(chunk, absmax[start:stop], stop == nb and n % blocksize != 0)
-        packed[start * blocksize // 2 : stop * blocksize // 2] = pack_nibbles(codes)
-    if packed.numel() != (n + 1) // 2:  # drop the padding bytes, keep a padding nibble for odd n (code 7)
-        packed = packed[: (n + 1) // 2].clone()
+        packed[start * blocksize // 2 : stop * blocksize // 2] = pack_nibbles(_codes_for_blocks(chunk, absmax[start:stop]))
+    if tail.numel():
+        tail = tail.float()
+        absmax[nf] = tail.abs().amax()
+        packed[nf * blocksize // 2:] = pack_nibbles(_codes_for_tail(tail, absmax[nf]))
     fields = dict(absmax=absmax, absmax_q=None, absmax_scale=None, absmax_mean=None)
     if double_quant:
         q, scale, mean = double_quantize(absmax, DQ_BLOCKSIZE)
@@ -225,10 +238,12 @@ def dequantize_nf4(q, dtype=None, check_values=True):
     # int64 pairs, so each lookup copies one 8-byte element: several times faster on a CPU than
     # F.embedding's 2-wide rows. (ceil(n/2),) -> (ceil(n/2),) int64 -> (2·ceil(n/2),) float32
     pairs = _table("byte_levels", q.packed.device).view(torch.int64).reshape(-1)  # (256,)
-    levels = pairs.index_select(0, q.packed.int()).view(torch.float32)
-    blocks = _as_blocks(levels[:n], q.blocksize)               # (nb, bs), a fresh tensor we may scale in place
-    out = blocks.mul_(dequantized_absmax(q)[:, None]).reshape(-1)[:n]
-    return out.reshape(q.shape).to(q.dtype if dtype is None else dtype)
+    levels = pairs.index_select(0, q.packed.int()).view(torch.float32)[:n]  # a fresh tensor we may scale in place
+    full, tail = _split_blocks(levels, q.blocksize)            # (nf, bs), (t,)
+    absmax = dequantized_absmax(q)
+    full.mul_(absmax[: full.shape[0], None])
+    tail.mul_(absmax[full.shape[0]:])                          # the partial block's one scale (none if t = 0)
+    return levels.reshape(q.shape).to(q.dtype if dtype is None else dtype)
 
 
 def nbytes(q):

@@ -1,4 +1,4 @@
-"""The tensors one layer contributes to a PEFT adapter file, by layer type: names, shapes, copy in and out.
+"""The tensors one layer contributes to a PEFT adapter file, by adapter type: names, shapes, copy in and out.
 
     linear layer      base_model.model.<path>.lora_A.weight            (r, d_in)
                       base_model.model.<path>.lora_B.weight            (d_out, r)
@@ -7,14 +7,15 @@
                       base_model.model.<path>.lora_embedding_B         (C, r)
 
 "base_model.model." is where PEFT's wrappers put the original model. PEFT drops the adapter name in
-the file; the directory says which adapter it is.
+the file; the folder says which adapter it is (lora.io.adapter_layout).
 
 Shape legend: r rank, d_in / d_out a linear layer's sizes, V / C an embedding's rows / width.
 """
 
 import torch
+import torch.nn as nn
 
-from lora.embedding import LoRAEmbedding
+from lora.embedding import EmbeddingAdapter, LoRAEmbedding
 
 PREFIX = "base_model.model."
 
@@ -26,8 +27,8 @@ def peft_key(name, which):
 
 
 def layer_shapes(module, rank, use_dora=False):
-    """{tensor name: shape} of a layer of rank r: a LoRALinear / linear layer, or an (LoRA) embedding."""
-    if isinstance(module, LoRAEmbedding) or hasattr(module, "num_embeddings"):
+    """{tensor name: shape} an adapter of rank r has on `module` (a linear layer or embedding, wrapped or not)."""
+    if isinstance(module, (nn.Embedding, LoRAEmbedding)):
         return {"lora_embedding_A": (rank, module.num_embeddings), "lora_embedding_B": (module.embedding_dim, rank)}
     shapes = {"lora_A": (rank, module.in_features), "lora_B": (module.out_features, rank)}
     if use_dora:
@@ -37,9 +38,9 @@ def layer_shapes(module, rank, use_dora=False):
 
 def adapter_tensors(layer, adapter_name):
     """{tensor name: tensor} adapter `adapter_name` holds in `layer` (LoRALinear or LoRAEmbedding)."""
-    if isinstance(layer, LoRAEmbedding):
-        return {"lora_embedding_A": layer.lora_embedding_A, "lora_embedding_B": layer.lora_embedding_B}
     adapter = layer.adapters[adapter_name]
+    if isinstance(adapter, EmbeddingAdapter):
+        return {"lora_embedding_A": adapter.lora_embedding_A, "lora_embedding_B": adapter.lora_embedding_B}
     out = {"lora_A": adapter.lora_A, "lora_B": adapter.lora_B}
     if adapter.use_dora:
         out["lora_magnitude_vector"] = adapter.lora_magnitude_vector
