@@ -18,10 +18,10 @@ import math
 
 import torch
 
+from lora.adapter import check_adapter_name
 from lora.checks import check_choice, check_int, check_numbers
 from lora.config import LoraConfig
 from lora.inject import apply_lora
-from lora.adapter import check_adapter_name
 from lora.model_layers import check_adapters_exist, lora_modules
 
 COMBINATION_TYPES = ("cat", "linear", "svd")

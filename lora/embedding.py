@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lora.adapter import lora_scaling
 from lora.base_layer import LoRALayer
 from lora.config import config_from_keywords
-from lora.adapter import lora_scaling
 
 
 class EmbeddingAdapter(nn.Module):

@@ -17,12 +17,12 @@ import re
 import torch
 import torch.nn as nn
 
+from lora.adapter import check_adapter_name, is_quantized_linear, lora_scaling
 from lora.base_layer import LoRALayer
 from lora.config import LoraConfig, config_from_keywords
 from lora.embedding import LoRAEmbedding
 from lora.init import check_init, lora_init
 from lora.layer import LoRALinear
-from lora.adapter import check_adapter_name, is_quantized_linear, lora_scaling
 from lora.model_layers import active_adapters, mark_only_lora_trainable
 from lora.targets import ALL_LINEAR, check_not_a_layer, check_pattern_keys, select_layers, set_module
 from lora.tied import tied_with

@@ -19,9 +19,9 @@ Shape legend:
 import torch
 import torch.nn as nn
 
+from lora.adapter import LoRAAdapter, is_quantized_linear
 from lora.base_layer import LoRALayer, finite_weight
 from lora.config import config_from_keywords
-from lora.adapter import LoRAAdapter, is_quantized_linear
 
 
 class LoRALinear(LoRALayer):

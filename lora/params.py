@@ -5,8 +5,8 @@ count_parameters counts each tensor once even when it is shared (GPT-2 ties lm_h
 counts a quantized weight by its logical size, not by the bytes that store it.
 """
 
-from lora.checks import check_float
 from lora.adapter import LoRAAdapter
+from lora.checks import check_float
 
 
 def count_parameters(model):

@@ -1,4 +1,4 @@
-"""Adapters in PEFT's file layout (lora/adapter_io.py): round trips, PEFT parity, refusing bad files.
+"""Adapters in PEFT's file layout (lora/io/adapter_io.py): round trips, PEFT parity, refusing bad files.
 
 PEFT's own files are in tests/fixtures/peft_gpt2_tiny/, written by tests/fixtures/make_peft_fixture.py.
 """
@@ -15,11 +15,11 @@ import torch.nn as nn
 import lora.io.adapter_io
 from helpers import assert_unchanged, snapshot
 from lora.config import read_adapter_config
-from lora.io.adapter_io import load_adapter, lora_state_dict, save_adapter
 from lora.inject import apply_lora
+from lora.io.adapter_io import load_adapter, lora_state_dict, save_adapter
+from lora.io.safetensors_io import load_file, save_file
 from lora.merge import merge_lora
 from lora.model_layers import lora_layers
-from lora.io.safetensors_io import load_file, save_file
 from minigpt.model import GPT, GPTConfig
 from minigpt.pretrained import load_pretrained
 

@@ -1,4 +1,4 @@
-"""Several named adapters on one model (lora/adapters.py, LoRALinear's adapter dict, multi-adapter files)."""
+"""Several named adapters on one model (lora/switching.py, LoRALinear's adapter dict, multi-adapter files)."""
 
 import copy
 import dataclasses
@@ -23,8 +23,8 @@ from lora import (
     set_adapter,
     unmerge_lora,
 )
-from lora.io.adapter_layout import saved_adapters
 from lora.config import LoraConfig
+from lora.io.adapter_layout import saved_adapters
 from lora.io.safetensors_io import load_file, save_file, serialize
 
 

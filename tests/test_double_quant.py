@@ -1,4 +1,4 @@
-"""Double quantisation of the NF4 scales (lora/double_quant.py, QLoRA §3)."""
+"""Double quantisation of the NF4 scales (lora/quant/double_quant.py, QLoRA §3)."""
 
 import pytest
 import torch

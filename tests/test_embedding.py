@@ -96,3 +96,46 @@ def test_peft_embedding_adapter_gives_peft_logits():
         logits = model(expected["ids"])[0]
     assert not torch.allclose(logits, expected["base_logits"], atol=1e-3)
     torch.testing.assert_close(logits, expected["embedding_logits"], rtol=0, atol=1e-5)
+
+
+# --- several named adapters on one embedding, as on a linear layer ---
+
+def test_an_embedding_holds_and_switches_two_named_adapters():
+    from lora.config import LoraConfig
+
+    layer = make()
+    layer.add_adapter("other", LoraConfig(r=2, lora_alpha=2))
+    with torch.no_grad():
+        for adapter in layer.adapters.values():
+            adapter.lora_embedding_A.normal_()
+    idx = torch.randint(0, V, (4, 7))
+    base = layer.base(idx)
+    one = layer(idx)  # "default" only: "other" was added inactive
+    layer.set_active(["other"])
+    other = layer(idx)
+    layer.set_active(["default", "other"])
+    both = layer(idx)
+    torch.testing.assert_close(both - base, (one - base) + (other - base), rtol=0, atol=1e-12)
+    assert not torch.allclose(one, other)
+    layer.delete_adapter("default")
+    assert list(layer.adapters) == ["other"] and torch.equal(layer(idx), other)
+
+
+def test_two_embedding_adapters_load_from_peft_and_give_its_logits(tmp_path):
+    from lora.io.adapter_io import load_adapter, save_adapter
+    from lora.switching import set_adapter
+    from minigpt.pretrained import load_pretrained
+
+    gpt2 = FIXTURES / "peft_gpt2_tiny"
+    expected, _ = load_file(gpt2 / "expected_embedding_multi.safetensors")
+    model = load_adapter(load_pretrained(gpt2 / "base").eval(), gpt2 / "embedding_multi")
+    assert list(model.transformer.wte.adapters) == ["default", "other"]
+    for name in ("default", "other"):
+        set_adapter(model, name)
+        torch.testing.assert_close(model(expected["ids"])[0], expected[f"logits_{name}"], rtol=0, atol=1e-5)
+    save_adapter(model, tmp_path / "ad", adapter_name="other")  # one at a time into one folder
+    save_adapter(model, tmp_path / "ad", adapter_name="default")
+    again = load_adapter(load_pretrained(gpt2 / "base").eval(), tmp_path / "ad")
+    for name in ("default", "other"):
+        set_adapter(again, name)
+        torch.testing.assert_close(again(expected["ids"])[0], expected[f"logits_{name}"], rtol=0, atol=1e-5)

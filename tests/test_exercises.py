@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from lora.inject import apply_lora
-from lora.quant.nf4 import nbytes, quantize_nf4
 from lora.params import count_parameters
+from lora.quant.nf4 import nbytes, quantize_nf4
 from lora.targets import resolve_targets
 from minigpt.model import GPT, GPTConfig
 

@@ -1,4 +1,4 @@
-"""Whole-or-nothing writes (lora/files.py): a failure or Ctrl-C leaves the old version, nothing else is touched."""
+"""Whole-or-nothing writes (lora/io/files.py): a failure or Ctrl-C leaves the old version, nothing else is touched."""
 
 import os
 import signal

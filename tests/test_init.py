@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lora.init import check_init, default_init, gaussian_init, lora_init, pissa_init
-from lora.quant.qpissa import pissa_quantization_error
 from lora.io.safetensors_io import load_file
+from lora.quant.qpissa import pissa_quantization_error
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_variants" / "pissa_init.safetensors"
 

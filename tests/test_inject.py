@@ -7,9 +7,9 @@ import torch.nn as nn
 from helpers import assert_unchanged, snapshot
 from lora.config import LoraConfig
 from lora.inject import apply_lora
+from lora.layer import LoRALinear
 from lora.merge import disable_lora, merge_and_unload, merge_lora, unmerge_lora
 from lora.model_layers import lora_layers, mark_only_lora_trainable
-from lora.layer import LoRALinear
 from minigpt.model import GPT, GPTConfig
 
 D, VOCAB = 8, 10

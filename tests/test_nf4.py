@@ -1,4 +1,4 @@
-"""NF4 quantisation (lora/nf4.py): the codebook, packing, round trips, storage, and bitsandbytes parity."""
+"""NF4 quantisation (lora/quant/nf4.py): the codebook, packing, round trips, storage, and bitsandbytes parity."""
 
 import dataclasses
 import os
@@ -6,10 +6,23 @@ import os
 import pytest
 import torch
 
-from lora.quant.nf4 import bits_per_parameter, block_absmax, DEFAULT_CHUNK, dequantize_nf4, dequantized_absmax, nbytes, nearest_level, nf4_codebook, nf4_offset, pack_nibbles, quantize_nf4, unpack_nibbles
+from lora.io.safetensors_io import load_file
+from lora.quant.nf4 import (
+    DEFAULT_CHUNK,
+    bits_per_parameter,
+    block_absmax,
+    dequantize_nf4,
+    dequantized_absmax,
+    nbytes,
+    nearest_level,
+    nf4_codebook,
+    nf4_offset,
+    pack_nibbles,
+    quantize_nf4,
+    unpack_nibbles,
+)
 from lora.quant.nf4_checks import check_nf4_weight
 from lora.quant.report import int4_absmax_roundtrip
-from lora.io.safetensors_io import load_file
 
 # QLoRA's published NF4 table (Dettmers et al., 2023, Appendix E), to 7 decimals
 PUBLISHED_NF4 = [-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0,

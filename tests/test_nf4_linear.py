@@ -1,4 +1,4 @@
-"""LinearNF4 and quantize_model (lora/nf4_linear.py), and QLoRA: LoRALinear over a LinearNF4 base."""
+"""LinearNF4 and quantize_model (lora/quant/nf4_linear.py), and QLoRA: LoRALinear over a LinearNF4 base."""
 
 import dataclasses
 
@@ -8,13 +8,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora.inject import apply_lora
-from lora.merge import merge_and_unload
+from lora.io.safetensors_io import load_file, save_file
 from lora.layer import LoRALinear
+from lora.merge import merge_and_unload
+from lora.params import count_parameters
 from lora.quant.nf4 import dequantize_nf4, nbytes, quantize_nf4
 from lora.quant.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.quant.report import nf4_storage_bytes
-from lora.params import count_parameters
-from lora.io.safetensors_io import load_file, save_file
 from minigpt.model import GPT, GPTConfig
 
 D_IN, D_OUT = 128, 48
@@ -71,8 +71,8 @@ def test_no_float_weight_is_kept_and_nothing_requires_grad():
     buffers = dict(layer.named_buffers())
     assert set(buffers) == {"weight_packed", "weight_absmax_q", "weight_absmax_scale", "weight_absmax_mean",
                             "weight_blocksizes"}
-    # the NF4 tensors, and 8 bytes of blocksizes (int32 blocksize and double-quantisation blocksize)
-    assert sum(b.numel() * b.element_size() for b in buffers.values()) == nbytes(layer.weight_q) + 8
+    # the NF4 tensors, and 16 bytes of blocksizes (int64 blocksize and double-quantisation blocksize)
+    assert sum(b.numel() * b.element_size() for b in buffers.values()) == nbytes(layer.weight_q) + 16
     assert layer.num_quantized_parameters() == D_OUT * D_IN
     assert count_parameters(layer) == (0, D_OUT * D_IN + D_OUT)  # logical count, packing does not halve it
 
@@ -141,8 +141,8 @@ def test_quantize_model_swaps_linears_and_reports_bytes():
     logits_before, _ = model(idx)
     before, after = quantize_model(model)
     assert before == model_weight_bytes(tiny_gpt())
-    # each weight's float32 bytes are replaced by what quantize_nf4 stores for it, plus its two int32 blocksizes
-    assert after == before - sum(4 * n - 8 for n in linears.values()) + sum(nf4_storage_bytes(n, 64, True) for n in linears.values())
+    # each weight's float32 bytes are replaced by what quantize_nf4 stores for it, plus its two int64 blocksizes
+    assert after == before - sum(4 * n - 16 for n in linears.values()) + sum(nf4_storage_bytes(n, 64, True) for n in linears.values())
     assert all(isinstance(model.get_submodule(n), LinearNF4) for n in linears)
     assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.transformer.wte.weight
     logits_after, _ = model(idx)

@@ -1,4 +1,4 @@
-"""The memory and error figures of docs/nf4.md (lora/nf4_report.py)."""
+"""The memory and error figures of docs/nf4.md (lora/quant/report.py)."""
 
 import pytest
 import torch

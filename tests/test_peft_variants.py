@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from lora.io.adapter_io import load_adapter, save_adapter
+from lora.io.safetensors_io import load_file
 from lora.merge import merge_and_unload
 from lora.model_layers import lora_embeddings, lora_layers
 from lora.params import count_parameters
-from lora.io.safetensors_io import load_file
 from minigpt.pretrained import load_pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"

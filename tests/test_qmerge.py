@@ -1,4 +1,4 @@
-"""Merging after QLoRA (lora/qmerge.py): the requantised merge NF4(dequant(W₄) + ΔW) and its error bound."""
+"""Merging after QLoRA (lora/quant/requantize.py): the requantised merge NF4(dequant(W₄) + ΔW) and its error bound."""
 
 import copy
 
@@ -8,9 +8,9 @@ import torch.nn as nn
 
 from helpers import assert_unchanged, snapshot, tiny_gpt
 from lora.inject import apply_lora
+from lora.layer import LoRALinear
 from lora.merge import merge_and_unload
 from lora.model_layers import lora_layers
-from lora.layer import LoRALinear
 from lora.quant.nf4 import dequantize_nf4, nbytes, nf4_codebook, quantize_nf4
 from lora.quant.nf4_linear import LinearNF4, model_weight_bytes, quantize_model
 from lora.quant.requantize import merge_and_requantize, nf4_half_gap, requantization_bound, requantized_layer

@@ -8,9 +8,9 @@ import pytest
 import torch.nn as nn
 
 from helpers import tiny_gpt
-from lora.io.safetensors_io import load_file
 from lora.config import LoraConfig
 from lora.inject import choose_layers
+from lora.io.safetensors_io import load_file
 from lora.targets import check_pattern_keys, layer_index, pattern_key, peft_targets, select_layers, user_targets
 from minigpt.pretrained import load_pretrained
 

@@ -5,14 +5,14 @@ import torch
 import torch.nn as nn
 
 from helpers import snapshot, tiny_gpt
-from lora.switching import set_adapter
 from lora.dora import weight_norm
 from lora.inject import apply_lora
+from lora.layer import LoRALinear
 from lora.merge import merge_and_unload, merge_lora, unmerge_lora
 from lora.model_layers import lora_embeddings, lora_layers
-from lora.layer import LoRALinear
-from lora.quant.nf4_linear import LinearNF4
 from lora.params import count_parameters
+from lora.quant.nf4_linear import LinearNF4
+from lora.switching import set_adapter
 from lora.tied import untie_weight
 
 

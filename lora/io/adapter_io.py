@@ -16,22 +16,20 @@ Shape legend: r rank, d_in / d_out the adapted layer's input / output sizes.
 """
 
 import collections
-import dataclasses
 import os
 import re
 
 import torch
 
-from lora.io.adapter_keys import adapter_tensors, copy_in, layer_shapes, peft_key
-from lora.config import CONFIG_NAME
-from lora.io.adapter_layout import adapter_path, check_save_target, DEFAULT, find_adapter, saved_adapters, WEIGHTS_NAME
-from lora.config import LoraConfig, read_adapter_config, write_adapter_config
-from lora.embedding import EmbeddingAdapter
-from lora.io.files import staged_writes
-from lora.inject import apply_lora, choose_layers, plan_lora
 from lora.adapter import check_adapter_name
-from lora.model_layers import adapter_names, check_adapters_exist, lora_modules, mark_only_lora_trainable
+from lora.config import CONFIG_NAME, LoraConfig, read_adapter_config, write_adapter_config
+from lora.embedding import EmbeddingAdapter
+from lora.inject import apply_lora, choose_layers, plan_lora
+from lora.io.adapter_keys import adapter_tensors, copy_in, layer_shapes, peft_key
+from lora.io.adapter_layout import DEFAULT, WEIGHTS_NAME, adapter_path, check_save_target, find_adapter, saved_adapters
+from lora.io.files import staged_writes
 from lora.io.safetensors_io import load_file, serialize
+from lora.model_layers import adapter_names, check_adapters_exist, lora_modules, mark_only_lora_trainable
 
 
 def lora_state_dict(model, adapter_name=None):
@@ -181,9 +179,10 @@ def load_adapter(model, directory, adapter_name=None):
     and an adapter of the same name selects the same layers with the same r, lora_alpha, use_rslora
     and use_dora and is not merged), then every tensor key and shape against the model and the
     config. A new adapter is added as apply_lora adds it (active if it is the model's first, else
-    inactive), with init_lora_weights=True whatever the file says: the saved A and B replace the
-    initial ones, and a PiSSA init must not rewrite the base a second time. Afterwards the active
-    adapters are trainable and all else frozen. fan_in_fan_out is ignored: it never changes the tensors.
+    inactive), with the file's init_lora_weights, as PEFT loads it: a file saying "pissa" runs the
+    SVD on the model's base first (our files say True, see adapter_files). The saved A and B then
+    replace the initial ones. Afterwards the active adapters are trainable and all else frozen.
+    fan_in_fan_out is ignored: it never changes the tensors.
 
     Returns:
         the model.
@@ -211,7 +210,6 @@ def _read_checked(model, name, directory):
     """(the adapter's LoraConfig, its tensors) from `directory`, checked against `model`."""
     config_path = os.path.join(directory, CONFIG_NAME)
     config = LoraConfig.from_peft(read_adapter_config(directory), source=config_path)
-    config = dataclasses.replace(config, init_lora_weights=True)  # the file's A and B replace the initial ones
     weights = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{weights} is missing; an adapter directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")

@@ -16,8 +16,8 @@ saves and loads alike.
 import os
 import pathlib
 
-from lora.io.files import check_writable, is_hidden_temporary
 from lora.adapter import check_adapter_name
+from lora.io.files import check_writable, is_hidden_temporary
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

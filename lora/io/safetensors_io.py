@@ -19,6 +19,7 @@ import sys
 
 import torch
 
+from lora.checks import is_int
 from lora.io.files import atomic_write
 
 # safetensors dtype names <-> torch dtypes
@@ -118,10 +119,6 @@ def read_header(path):
     return header, 8 + n
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _entry(path, name, info):
     """One header entry -> (dtype, shape, begin, end), refusing every loose type.
 
@@ -134,9 +131,9 @@ def _entry(path, name, info):
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise ValueError(f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {sorted(_DTYPES)}")
-    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+    if not isinstance(shape, list) or not all(is_int(s) and s >= 0 for s in shape):
         raise ValueError(f"{path}: tensor {name!r} has shape {shape!r}; a shape is a list of non-negative integers")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)):
         raise ValueError(f"{path}: tensor {name!r} has data_offsets {offsets!r}; expected [begin, end] integers")
     return _DTYPES[dtype], shape, offsets[0], offsets[1]
 

@@ -1,15 +1,14 @@
 """Checks of NF4 inputs and stored NF4 weights: everything that must hold before a weight is (de)quantised.
 
-Kept apart from lora/nf4.py, which holds the quantisation maths; an NF4Weight is read here only
+Kept apart from lora/quant/nf4.py, which holds the quantisation maths; an NF4Weight is read here only
 through its fields (packed, absmax, absmax_q, absmax_scale, absmax_mean, shape, dtype, blocksize).
 """
 
 import math
-import numbers
 
 import torch
 
-from lora.checks import check_int
+from lora.checks import check_int, is_int
 from lora.quant.double_quant import num_dq_blocks
 
 
@@ -72,7 +71,7 @@ def check_nf4_weight(q, values=True):
     """
     _require(all(isinstance(t, torch.Tensor) for t in q.tensors().values()), "stored fields must be tensors or None")
     check_blocksize(q.blocksize)
-    _require(all(isinstance(d, numbers.Integral) and d >= 0 for d in q.shape) and q.numel > 0,
+    _require(all(is_int(d) and d >= 0 for d in q.shape) and q.numel > 0,
              f"shape={q.shape!r} must be a tuple of sizes with at least one element")
     _require(isinstance(q.dtype, torch.dtype) and q.dtype.is_floating_point, f"dtype={q.dtype!r} is not a float dtype")
     n, nb = q.numel, math.ceil(q.numel / q.blocksize)

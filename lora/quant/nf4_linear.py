@@ -49,7 +49,7 @@ class LinearNF4(nn.Module):
 
     The quantised tensors are buffers named weight_packed, weight_absmax (or weight_absmax_q,
     weight_absmax_scale, weight_absmax_mean with double quantisation), so .to(device) moves them and
-    state_dict saves them; weight_blocksizes (int32: the NF4 and the double-quantisation blocksize)
+    state_dict saves them; weight_blocksizes (int64: the NF4 and the double-quantisation blocksize)
     goes with them, because codes quantised in blocks of 64 read in blocks of 96 would give a wrong
     weight everywhere and no error. No float copy of W is kept. The bias stays in float, frozen.
 
@@ -72,7 +72,7 @@ class LinearNF4(nn.Module):
         for field in _FIELDS:
             self.register_buffer(f"weight_{field}", getattr(weight_q, field))
         self.register_buffer("weight_blocksizes", torch.tensor([weight_q.blocksize, weight_q.dq_blocksize],
-                                                               dtype=torch.int32, device=weight_q.packed.device))
+                                                               dtype=torch.int64, device=weight_q.packed.device))
         self.weight_dtype, self.blocksize, self.dq_blocksize = weight_q.dtype, weight_q.blocksize, weight_q.dq_blocksize
         self.compute_dtype = compute_dtype
         if bias is None:
@@ -119,7 +119,7 @@ class LinearNF4(nn.Module):
             raise ValueError(f"state dict of {where}: NF4 entries {missing or extra} {'missing' if missing else 'unexpected'}"
                              " (a state dict with and one without double quantisation do not mix)")
         blocksizes = given["weight_blocksizes"]
-        if blocksizes.shape != (2,) or blocksizes.dtype != torch.int32 or blocksizes.tolist() != [self.blocksize,
+        if blocksizes.shape != (2,) or blocksizes.dtype != torch.int64 or blocksizes.tolist() != [self.blocksize,
                                                                                                    self.dq_blocksize]:
             raise ValueError(f"state dict of {where}: blocksizes {blocksizes.tolist()}, but the layer quantises in blocks "
                              f"of {[self.blocksize, self.dq_blocksize]} (blocksize, double-quantisation blocksize): "
