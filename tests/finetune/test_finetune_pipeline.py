@@ -237,3 +237,31 @@ def test_sample_command_reads_the_run_folder(runs, method, capsys):
     loaded, _ = load_model(cfg.out)
     with torch.no_grad():
         assert torch.equal(loaded(_batch())[0], merged(_batch())[0])
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_rank_and_targets_are_checked_once_on_the_fine_tune_path(files, method, monkeypatch):
+    """From FinetuneConfig to the layers: one LoraConfig is built (its __post_init__ checks r, α, ...) and the
+    targets string is read once; validate, the pipeline, quantize_model, apply_lora and save_adapter pass it on."""
+    import lora.config
+    import lora.quant.nf4_linear
+    import lora.targets
+
+    built, parsed = [], []
+    post_init, user_targets = lora.config.LoraConfig.__post_init__, lora.targets.user_targets
+
+    def counting_post_init(self):
+        built.append(self.r)
+        post_init(self)
+
+    def counting_user_targets(value, field="targets"):
+        parsed.append(value)
+        return user_targets(value, field)
+
+    monkeypatch.setattr(lora.config.LoraConfig, "__post_init__", counting_post_init)
+    for module in (lora.config, lora.targets, lora.quant.nf4_linear):  # every place that reads targets
+        monkeypatch.setattr(module, "user_targets", counting_user_targets)
+    run_finetune(_cfg(files, method, name=f"once-{method}", steps=2, eval_interval=2, rank=3, targets="c_attn, c_fc"))
+    assert built == [3], f"LoraConfig built {len(built)} times: {built}"
+    assert [p for p in parsed if isinstance(p, str)] == ["c_attn, c_fc"], parsed  # the string, read once
+    assert all(p == ("c_attn", "c_fc") for p in parsed[1:]), parsed  # later doors get the parsed tuple as it is
