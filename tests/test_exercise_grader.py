@@ -10,18 +10,18 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXERCISE_DIR, load_exercise
+from exercise_grading import EXERCISE_DIR, call_with_time_limit, load_exercise
 
 ROOT = EXERCISE_DIR.parent.parent
 EXERCISES = ("lora_layer", "zero_init", "params", "nf4", "double_quant", "adapter_arithmetic")
 
 
-def grade(folder):
+def grade(folder, *args):
     """Run the grader on `folder` in a fresh pytest; returns (exit code, output)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("EXERCISE_IMPL", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_exercises.py"),
-                           f"--impl={folder}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                           f"--impl={folder}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -78,3 +78,47 @@ def test_grader_passes_a_right_solution(tmp_path):
     for exercise in EXERCISES:
         assert f"{exercise}: " in out and "FAIL" not in out and "todo" not in out, out
     assert " passed" in out and "skipped" not in out and "failed" not in out, out
+
+
+def test_untouched_skeletons_fail_the_run_with_a_summary(tmp_path):
+    for exercise in EXERCISES:
+        shutil.copy(EXERCISE_DIR / f"{exercise}.py", tmp_path)
+    code, out = grade(tmp_path)
+    assert code == 1, out  # `todo` is not a pass: an autograder reading the exit code awards nothing
+    assert "lora_layer: 0 of 5 properties hold" in out and "delta_weight() not implemented yet" in out, out
+    assert "not passed: 0 of " in out and "todo); exit code 1" in out, out
+
+
+@pytest.mark.parametrize("impl", ["no-such-folder", "README.md"])
+def test_a_bad_impl_is_one_usage_error(impl):
+    code, out = grade(ROOT / impl)
+    assert code == pytest.ExitCode.USAGE_ERROR, out
+    assert out.count("ERROR:") == 1 and "Traceback" not in out and len(out.splitlines()) <= 3, out
+    assert ("does not exist" if impl.startswith("no-") else "is a file") in out, out
+
+
+def test_a_property_that_hangs_fails_on_time(tmp_path):
+    source = (EXERCISE_DIR / "params.py").read_text().replace("raise NotImplementedError", "while True:\n        pass", 1)
+    (tmp_path / "params.py").write_text(source)
+    code, out = grade(tmp_path, "-k", "params", "--time-limit", "0.5")
+    assert code == 1, out
+    assert "FAIL count is linear in rank and symmetric  -- the property did not return within 0.5 s" in out, out
+
+
+def test_the_time_limit_holds_off_the_main_thread_too():
+    # the thread fallback (Windows, or a grader run from a thread): a hang fails, a result or a skip comes back
+    import threading
+    outcome = {}
+
+    def run():
+        for name, fn in {"hang": lambda: threading.Event().wait(5), "value": lambda: 42,
+                         "skip": lambda: pytest.skip("later")}.items():
+            try:
+                outcome[name] = call_with_time_limit(fn, 0.2, "the property")
+            except BaseException as e:  # noqa: BLE001  (pytest's outcomes are BaseExceptions)
+                outcome[name] = e
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert "did not return within 0.2 s" in str(outcome["hang"]), outcome
+    assert outcome["value"] == 42 and isinstance(outcome["skip"], pytest.skip.Exception), outcome
