@@ -6,7 +6,9 @@ import torch
 
 # the grader's options, hooks and `ex` fixture: pytest finds them by name in this module
 from exercise_grading import (  # noqa: F401
+    bug_lab_tests,
     ex,
+    planted_bugs,
     pytest_addoption,
     pytest_configure,
     pytest_itemcollected,

@@ -1,39 +1,47 @@
-"""The exercise grader: the pytest options and hooks behind `pytest tests/test_exercises.py --impl=...`.
+"""The exercise grader: the pytest options, fixtures and hooks behind `pytest tests/test_exercises.py --impl=...`
+and `pytest tests/test_bug_lab.py --impl=...` (the workflow is in docs/exercises.md).
 
-tests/conftest.py imports the hooks and the `ex` fixture from here. What they do (docs/exercises.md):
+tests/conftest.py imports the hooks and fixtures from here; tests/grading_report.py writes the summary
+and the JSON report. What the grader does:
 
-- `--impl` says which implementation the graded tests run on: "reference" (the default, what plain
-  `pytest` and CI run), "mine" (notebooks/exercises/mine/) or a folder of exercise files. A bad value
-  is one usage error at startup.
-- Every graded test belongs to an exercise (its class's EXERCISE); the exercise's name is added to the
-  test's keywords, so `-k lora_layer` selects exactly that exercise's properties.
-- Each graded property runs under a time limit (--time-limit, see `call_with_time_limit`).
-- After the run, a summary per exercise: which properties hold (ok), break (FAIL) or are not written
-  yet (todo); the run exits non-zero unless every graded property that ran holds.
+- `--impl` says what the graded tests run on: "solutions" (the default, what plain `pytest` and CI
+  run: tests/exercise_solutions/), "mine" (notebooks/exercises/mine/) or a folder of exercise files.
+  A bad value is one usage error at startup.
+- Every graded test belongs to a unit: an exercise (its class's EXERCISE) or a planted bug of the bug
+  lab (its `bug` parameter). The unit's name is one of the test's keywords, so `-k lora_layer` selects
+  exactly that exercise's properties.
+- Each graded property runs under a time limit (--time-limit; Note: How a property is stopped).
+- In a student's files, NotImplementedError raised by their code marks the property `todo`.
+- After the run, a summary per unit; the run exits non-zero unless every graded property that ran
+  holds (a `todo` is not a pass); `--report FILE` writes the same as JSON.
 
-Shape of the bookkeeping: config.stash[GRADES] maps a test's node id to a Grade, in run order.
+Bookkeeping: config.stash[GRADES] maps a graded test's node id to its Grade, in run order.
 """
 
 import dataclasses
-import functools
 import importlib.util
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+from grading_report import all_hold, write_report, write_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISE_DIR = ROOT / "notebooks" / "exercises"
-REFERENCE = EXERCISE_DIR / "reference.py"
-DEFAULT_TIME_LIMIT = 20.0  # seconds per property; the reference's slowest property takes about 1 s
+SOLUTIONS_DIR = Path(__file__).resolve().parent / "exercise_solutions"
+BUG_DIR = EXERCISE_DIR / "bugs"
+BUG_LAB_FILE = "bug_lab.py"  # the student's property tests for the bug lab, beside their exercise files
+DEFAULT_TIME_LIMIT = 20.0  # seconds per property; the solutions' slowest property takes about 1 s
 
 
 @dataclasses.dataclass
 class Grade:
-    """One graded test: the exercise, the property it proves, and how it went."""
-    exercise: str
+    """One graded test: its unit (exercise or bug), the property it checks, and how it went."""
+    kind: str   # "exercise" | "bug"
+    unit: str
     prop: str
     status: str = "ok"  # "ok" | "FAIL" | "todo"
     why: str = ""
@@ -41,10 +49,15 @@ class Grade:
 
 @dataclasses.dataclass(frozen=True)
 class Impl:
-    """What the graded tests run on: the reference (folder None), or a folder of exercise files."""
-    name: str             # as given: "reference", "mine" or a path
-    folder: Path | None
-    explicit: bool        # given by --impl or EXERCISE_IMPL (then the summary is printed)
+    """What the graded tests run on: a folder of exercise files."""
+    name: str        # as given: "solutions", "mine" or a path
+    folder: Path
+    explicit: bool   # given by --impl or EXERCISE_IMPL (then the summary is printed)
+
+    @property
+    def is_student(self):
+        """A student's folder: unwritten functions are `todo` there, and missing files too."""
+        return self.folder != SOLUTIONS_DIR
 
 
 GRADES = pytest.StashKey[dict]()
@@ -54,17 +67,20 @@ IMPL = pytest.StashKey[Impl]()
 def pytest_addoption(parser):
     group = parser.getgroup("exercises", "grading the exercises (docs/exercises.md)")
     group.addoption("--impl", default=None,
-                    help="what tests/test_exercises.py grades: 'reference' (default: the worked answers), 'mine' "
+                    help="what the graded tests run on: 'solutions' (default: tests/exercise_solutions/), 'mine' "
                          "(notebooks/exercises/mine/), or a folder of exercise files; or set EXERCISE_IMPL")
     group.addoption("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
                     help=f"longest a graded property may run before it fails (default {DEFAULT_TIME_LIMIT:g}; 0: no limit)")
+    group.addoption("--report", default=None, metavar="FILE",
+                    help="write the grades as JSON to FILE: per exercise the properties held of the total, and "
+                         "the bug lab's catches")
 
 
 def resolve_impl(value):
     """The Impl named by an --impl value (None: the default); raises pytest.UsageError for a bad one."""
-    name = value or "reference"
-    if name == "reference":
-        return Impl(name, None, value is not None)
+    name = value or "solutions"
+    if name == "solutions":
+        return Impl(name, SOLUTIONS_DIR, value is not None)
     folder = EXERCISE_DIR / "mine" if name == "mine" else Path(name).expanduser().resolve()
     if name == "mine" and not folder.is_dir():
         raise pytest.UsageError("--impl=mine grades notebooks/exercises/mine/, which does not exist yet; start with "
@@ -72,7 +88,7 @@ def resolve_impl(value):
                                 "notebooks/exercises/mine/ (docs/exercises.md)")
     if not folder.is_dir():
         what = "is a file" if folder.is_file() else "does not exist"
-        raise pytest.UsageError(f"--impl={name!r}: {folder} {what}; --impl takes 'reference', 'mine' or a folder "
+        raise pytest.UsageError(f"--impl={name!r}: {folder} {what}; --impl takes 'solutions', 'mine' or a folder "
                                 "holding your exercise files (lora_layer.py, ...)")
     return Impl(name, folder, True)
 
@@ -80,12 +96,15 @@ def resolve_impl(value):
 @pytest.hookimpl(tryfirst=True)  # before the terminal reporter reads the report characters
 def pytest_configure(config):
     impl = config.stash[IMPL] = resolve_impl(config.getoption("--impl") or os.environ.get("EXERCISE_IMPL"))
-    if impl.explicit:  # the grading section lists what is not done yet: keep the short summary to failures
-        chars = config.option.reportchars.replace("a", "fE").replace("A", "fE")
-        config.option.reportchars = chars.replace("s", "").replace("S", "")
     limit = config.getoption("--time-limit")
     if not limit >= 0:  # also refuses NaN
         raise pytest.UsageError(f"--time-limit={limit}: give a number of seconds >= 0 (0: no limit)")
+    report = config.getoption("--report")
+    if report is not None and (Path(report).is_dir() or not Path(report).resolve().parent.is_dir()):
+        raise pytest.UsageError(f"--report={report!r}: give a file name in an existing folder")
+    if impl.explicit:  # the grading section lists what is not done yet: keep the short summary to failures
+        chars = config.option.reportchars.replace("a", "fE").replace("A", "fE")
+        config.option.reportchars = chars.replace("s", "").replace("S", "")
     config.stash[GRADES] = {}
 
 
@@ -135,91 +154,131 @@ def call_with_time_limit(fn, seconds, what):
     return outcome.get("value")
 
 
-# --- loading an implementation --------------------------------------------------------------------
+# --- loading what is graded -----------------------------------------------------------------------
 _modules = {}  # path -> loaded module, so each file is imported once per run
 
 
-def load_exercise(path, seconds=0.0):
-    """The module of an exercise file, imported by path once per run (its top level under the time limit)."""
+def load_module(path, seconds=0.0, name=None):
+    """The module of a Python file (or a package folder), imported by path once per run.
+
+    Its top level runs under the time limit; a syntax error fails the tests that need it, with its traceback.
+    """
     if path not in _modules:
-        spec = importlib.util.spec_from_file_location(f"exercise_{path.parent.name}_{path.stem}", path)
+        package = path.is_dir()
+        name = name or f"exercise_{path.parent.name}_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path / "__init__.py" if package else path,
+                                                      submodule_search_locations=[str(path)] if package else None)
         module = importlib.util.module_from_spec(spec)
-        # a syntax error here fails this exercise's tests, with its traceback
+        if package:  # its modules import as name.<module>
+            sys.modules[name] = module
         call_with_time_limit(lambda: spec.loader.exec_module(module), seconds, f"importing {path.name}")
         _modules[path] = module
     return _modules[path]
 
 
 class _Graded:
-    """A student's module whose functions turn NotImplementedError into 'not implemented yet' skips."""
+    """A student's module: a name it does not define fails the property with a clear message."""
 
-    def __init__(self, module, exercise):
-        self._module, self._exercise = module, exercise
+    def __init__(self, module, unit):
+        self._module, self._unit = module, unit
 
     def __getattr__(self, name):
-        fn = getattr(self._module, name, None)
-        if fn is None:
-            pytest.fail(f"exercise {self._exercise}: {self._module.__file__} defines no {name}(); keep the "
-                        "skeleton's function names", pytrace=False)
+        try:
+            return getattr(self._module, name)
+        except AttributeError:
+            pytest.fail(f"exercise {self._unit}: {self._module.__file__} defines no {name}; keep the "
+                        "skeleton's names", pytrace=False)
 
-        @functools.wraps(fn)
-        def call(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except NotImplementedError:
-                pytest.skip(f"exercise {self._exercise}: {name}() not implemented yet")
-        return call
+
+def graded_file(config, filename, unit):
+    """The graded module `filename` of the chosen implementation; a missing student file is `todo`."""
+    impl = config.stash[IMPL]
+    path = impl.folder / filename
+    if not path.is_file():
+        if not impl.is_student:
+            pytest.fail(f"the worked solutions lack {path}", pytrace=False)
+        shown = impl.folder.relative_to(Path.cwd()) if impl.folder.is_relative_to(Path.cwd()) else impl.folder
+        pytest.skip(f"{unit}: no {shown / filename} yet; start from the skeleton: "
+                    f"mkdir -p {shown} && cp notebooks/exercises/{filename} {shown}/")
+    return _Graded(load_module(path, config.getoption("--time-limit")), unit)
 
 
 @pytest.fixture
 def ex(request):
-    """The implementation graded by a test class of tests/test_exercises.py (its EXERCISE names the skeleton)."""
+    """The implementation graded by a test class of tests/test_exercises.py (its EXERCISE names the file)."""
     exercise = request.cls.EXERCISE
-    impl = request.config.stash[IMPL]
-    limit = request.config.getoption("--time-limit")
-    if impl.folder is None:
-        return load_exercise(REFERENCE, limit)
-    path = impl.folder / f"{exercise}.py"
-    if not path.is_file():
-        shown = impl.folder.relative_to(Path.cwd()) if impl.folder.is_relative_to(Path.cwd()) else impl.folder
-        pytest.skip(f"exercise {exercise}: no {path} yet; start from the skeleton: "
-                    f"mkdir -p {shown} && cp notebooks/exercises/{exercise}.py {shown}/")
-    return _Graded(load_exercise(path, limit), exercise)
+    return graded_file(request.config, f"{exercise}.py", f"exercise {exercise}")
+
+
+@pytest.fixture
+def bug_lab_tests(request):
+    """The property tests graded by tests/test_bug_lab.py: the chosen implementation's bug_lab.py."""
+    return graded_file(request.config, BUG_LAB_FILE, "bug lab")
+
+
+@pytest.fixture(scope="session")
+def planted_bugs(request):
+    """notebooks/exercises/bugs/, the package of planted bugs (always the course's own, never a copy)."""
+    return load_module(BUG_DIR, request.config.getoption("--time-limit"), name="exercise_bugs")
 
 
 # --- selection, time limit and bookkeeping per graded test -----------------------------------------
 
 
-def exercise_of(item):
-    """The exercise a collected test grades, or None for the rest of the suite."""
-    return getattr(getattr(item, "cls", None), "EXERCISE", None)
+def graded_unit(item):
+    """(kind, unit) of a collected test: ("exercise", name), ("bug", name), or None for the rest of the suite."""
+    exercise = getattr(getattr(item, "cls", None), "EXERCISE", None)
+    if exercise:
+        return "exercise", exercise
+    if getattr(getattr(item, "module", None), "BUG_LAB", False) and hasattr(item, "callspec"):
+        return "bug", item.callspec.params["bug"]
+    return None
 
 
 def pytest_itemcollected(item):
-    exercise = exercise_of(item)
-    if exercise:  # `-k lora_layer` matches the exercise's name, not only test and class names
-        item.extra_keyword_matches.add(exercise)
+    unit = graded_unit(item)
+    if unit:  # `-k lora_layer` matches the unit's name, not only test and class names
+        item.extra_keyword_matches.add(unit[1])
 
 
 def property_name(item):
-    """'test_merge_preserves_output[3-4]' -> 'merge preserves output [3-4]'."""
+    """'test_merge_preserves_output[3-4]' -> 'merge preserves output [3-4]' (a bug's own id is left out)."""
     name = item.name.removeprefix("test_")
     base, _, params = name.partition("[")
+    if graded_unit(item)[0] == "bug":
+        return base.replace("_", " ")
     return base.replace("_", " ") + (f" [{params}" if params else "")
+
+
+def not_implemented(error, folder):
+    """'Class.method' for a NotImplementedError raised by code in `folder`, else None."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or Path(tb.tb_frame.f_code.co_filename).resolve().parent != folder:
+        return None
+    code = tb.tb_frame.f_code
+    return getattr(code, "co_qualname", code.co_name)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
-    limit = item.config.getoption("--time-limit")
-    if not exercise_of(item) or not limit:
+    unit = graded_unit(item)
+    if unit is None:
         return (yield)
+    limit = item.config.getoption("--time-limit")
+    impl = item.config.stash[IMPL]
     test = item.obj
-    what = "the property"
 
-    @functools.wraps(test)
-    def timed(*args, **kwargs):
-        return call_with_time_limit(lambda: test(*args, **kwargs), limit, what)
-    item.obj = timed  # pytest calls item.obj with the test's fixtures
+    def graded(*args, **kwargs):
+        try:
+            return call_with_time_limit(lambda: test(*args, **kwargs), limit, "the property")
+        except NotImplementedError as e:
+            where = not_implemented(e, impl.folder) if impl.is_student else None
+            if where is None:
+                raise
+            pytest.skip(f"{'exercise ' + unit[1] if unit[0] == 'exercise' else 'bug lab'}: {where}() not implemented yet")
+    item.obj = graded  # pytest calls item.obj with the test's fixtures
     try:
         return (yield)
     finally:
@@ -229,11 +288,11 @@ def pytest_runtest_call(item):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    exercise = exercise_of(item)
-    if exercise is None:
+    unit = graded_unit(item)
+    if unit is None:
         return report
     grades = item.config.stash[GRADES]
-    grade = grades.setdefault(item.nodeid, Grade(exercise, property_name(item)))
+    grade = grades.setdefault(item.nodeid, Grade(*unit, property_name(item)))
     if grade.status != "ok" or (report.passed and report.when != "call"):
         return report  # the first problem is the one to show; a later teardown error cannot undo it
     if report.failed:
@@ -246,38 +305,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def verdict(grades):
-    """(every graded property holds, counts by status)."""
-    counts = {s: sum(g.status == s for g in grades.values()) for s in ("ok", "FAIL", "todo")}
-    return counts["ok"] == len(grades), counts
-
-
 def pytest_sessionfinish(session, exitstatus):
-    """A grading run passes only if every graded property that ran holds: `todo` is not a pass."""
+    """A grading run passes only if every graded property that ran holds (`todo` is not a pass); --report."""
     grades = session.config.stash.get(GRADES, {})
-    if grades and not verdict(grades)[0] and session.exitstatus == pytest.ExitCode.OK:
+    if grades and not all_hold(grades) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    report = session.config.getoption("--report", None)
+    if report and not session.config.option.collectonly:
+        write_report(report, session.config.stash[IMPL], grades, session.config.getoption("--time-limit"))
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    """When grading a chosen implementation: per exercise, which properties hold, fail, or are not done yet."""
-    grades = config.stash.get(GRADES, {})
+    """When grading a chosen implementation: per exercise and per bug, what holds, fails, or is not done yet."""
     impl = config.stash.get(IMPL, None)
-    if not grades or impl is None or not impl.explicit:
-        return
-    terminalreporter.section(f"exercises graded from {impl.folder or 'the reference'}")
-    for exercise in dict.fromkeys(g.exercise for g in grades.values()):
-        results = [g for g in grades.values() if g.exercise == exercise]
-        held = sum(g.status == "ok" for g in results)
-        terminalreporter.write_line(f"{exercise}: {held} of {len(results)} properties hold")
-        if len({(g.status, g.why) for g in results}) == 1 and results[0].status == "todo":
-            terminalreporter.write_line(f"  todo {results[0].why}")  # one reason for all: say it once
-            continue
-        for g in results:
-            terminalreporter.write_line(f"  {g.status:<4} {g.prop}" + (f"  -- {g.why}" if g.why else ""))
-    passed, counts = verdict(grades)
-    if passed:
-        terminalreporter.write_line(f"all {counts['ok']} graded properties hold", green=True)
-    else:
-        terminalreporter.write_line(f"not passed: {counts['ok']} of {len(grades)} graded properties hold "
-                                    f"({counts['FAIL']} FAIL, {counts['todo']} todo); exit code 1", red=True)
+    grades = config.stash.get(GRADES, {})
+    if grades and impl is not None and impl.explicit:
+        write_summary(terminalreporter, impl, grades)

@@ -2,9 +2,10 @@
 
 The commands are found where a student reads them: the notebooks' cells and outputs, README.md,
 docs/*.md and the docstrings of the skeletons in notebooks/exercises/. Each is collected by pytest
-in this process (`--collect-only`, its --impl replaced by the reference and its --report dropped, so
-nothing is graded or written), and what it selects is compared with the tests of the exercises its
-`-k` expression names: `-k "zero_init or lora_layer"` must select every property of both.
+in this process (`--collect-only`, its --impl replaced by the solutions and its --report dropped, so
+nothing is graded or written), and what it selects is compared with the tests of the units (exercises,
+or planted bugs of the bug lab) its `-k` expression names: `-k "zero_init or lora_layer"` must select
+every property of both, and a command without -k every graded test of its files.
 """
 
 import json
@@ -12,9 +13,9 @@ import re
 import shlex
 
 import pytest
-from exercise_grading import EXERCISE_DIR, ROOT, exercise_of
+from exercise_grading import EXERCISE_DIR, ROOT, graded_unit
 
-GRADING_FILES = ("tests/test_exercises.py",)
+GRADING_FILES = ("tests/test_exercises.py", "tests/test_bug_lab.py")
 # `pytest ... tests/test_exercises.py ...` up to the end of its line or inline-code span
 COMMAND = re.compile(r"(?:\bEXERCISE_IMPL=\S+\s+)?\bpytest\b[^\n`]*?\b(?:%s)[^\n`]*"
                      % "|".join(re.escape(f) for f in GRADING_FILES))
@@ -77,24 +78,24 @@ def parse(command):
 
 
 class Collected:
-    """pytest plugin recording what a session selected: [(node id, exercise)]."""
+    """pytest plugin recording what a session selected: [(node id, unit)]."""
 
     def __init__(self):
         self.items = []
 
     def pytest_collection_finish(self, session):
-        self.items = [(item.nodeid, exercise_of(item)) for item in session.items]
+        self.items = [(item.nodeid, (graded_unit(item) or (None, None))[1]) for item in session.items]
 
 
 def collect(args):
-    """Run pytest's collection in this process on `args`; (exit code, [(node id, exercise)])."""
+    """Run pytest's collection in this process on `args`; (exit code, [(node id, unit)])."""
     plugin = Collected()
     code = pytest.main([*args, "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:faulthandler",
-                        "--impl=reference"], plugins=[plugin])
+                        "--impl=solutions"], plugins=[plugin])
     return code, plugin.items
 
 
-_everything = {}  # test files -> [(node id, exercise)] without a filter
+_everything = {}  # test files -> [(node id, unit)] without a filter
 
 
 def everything(files):
@@ -106,51 +107,51 @@ def everything(files):
     return _everything[key]
 
 
-def named_exercises(keyword, exercises):
-    """The exercises a -k expression names; every name in it must be one of `exercises`."""
+def named_units(keyword, units):
+    """The units a -k expression names; every name in it must be one of `units`."""
     names = [w for w in re.findall(r"[^\s()]+", keyword) if w not in ("and", "or", "not")]
-    unknown = [n for n in names if n not in exercises]
-    assert not unknown, f"-k {keyword!r} names {unknown}, which are not exercises ({sorted(exercises)})"
+    unknown = [n for n in names if n not in units]
+    assert not unknown, f"-k {keyword!r} names {unknown}, which are neither exercises nor bugs ({sorted(units)})"
     return names
 
 
-def selects(keyword, exercise):
-    """Whether `-k keyword` should select `exercise`: each name in it is true for that exercise alone."""
+def selects(keyword, unit):
+    """Whether `-k keyword` should select `unit`: each name in it is true for that unit alone."""
     python = re.sub(r"[^\s()]+", lambda m: m.group(0) if m.group(0) in ("and", "or", "not")
-                    else str(m.group(0) == exercise), keyword)
+                    else str(m.group(0) == unit), keyword)
     return eval(python, {"__builtins__": {}})  # only True/False/and/or/not/parentheses are left
 
 
 def check_selection(files, keyword, rest):
-    """Collect `files` with `-k keyword` and compare with the whole of the exercises it names."""
+    """Collect `files` with `-k keyword` and compare with the whole of the units it names."""
     every = everything(files)
-    exercises = {e for _, e in every if e}
-    assert all(e for _, e in every), f"{files} hold tests that belong to no exercise"
-    wanted = [n for n, e in every if keyword is None or selects(keyword, e)]
+    units = {u for _, u in every if u}
+    assert all(u for _, u in every), f"{files} hold tests that belong to no exercise or bug"
+    wanted = [n for n, u in every if keyword is None or selects(keyword, u)]
     if keyword is not None:
-        assert named_exercises(keyword, exercises)
+        assert named_units(keyword, units)
     code, items = collect([str(ROOT / f) for f in files] + rest + ([] if keyword is None else ["-k", keyword]))
     got = [n for n, _ in items]
     missing, extra = sorted(set(wanted) - set(got)), sorted(set(got) - set(wanted))
     assert code == 0 and not missing and not extra, (
-        f"selects {len(got)} tests (exit code {code}); {len(missing)} of the named exercises' tests are missing "
+        f"selects {len(got)} tests (exit code {code}); {len(missing)} of the named units' tests are missing "
         f"{missing[:3]}, {len(extra)} others are selected {extra[:3]}")
 
 
 def test_commands_are_found_where_the_course_prints_them():
     places = {p for ps in COMMANDS.values() for p in ps}
-    skeletons = {f"notebooks/exercises/{p.name}" for p in EXERCISE_DIR.glob("*.py") if p.name != "reference.py"}
-    assert skeletons <= places, f"skeletons that print no grading command: {sorted(skeletons - places)}"
+    skeletons = {f"notebooks/exercises/{p.name}" for p in EXERCISE_DIR.glob("*.py")}
+    assert len(skeletons) >= 11 and skeletons <= places, f"skeletons that print no grading command: {sorted(skeletons - places)}"
     assert any(p.startswith("notebooks/0") for p in places) and "docs/exercises.md" in places, sorted(places)
 
 
 def test_each_skeleton_prints_the_command_that_grades_it():
     for path in EXERCISE_DIR.glob("*.py"):
-        if path.name == "reference.py":
+        commands = [parse(c) for c, places in COMMANDS.items() if f"notebooks/exercises/{path.name}" in places]
+        if path.stem == "bug_lab":
+            assert ("tests/test_bug_lab.py",) in [tuple(files) for files, _, _ in commands], commands
             continue
-        commands = [c for c, places in COMMANDS.items() if f"notebooks/exercises/{path.name}" in places]
-        keywords = [parse(c)[1] or "" for c in commands]
-        assert any(path.stem in re.findall(r"[^\s()]+", k) for k in keywords), \
+        assert any(path.stem in re.findall(r"[^\s()]+", k or "") for _, k, _ in commands), \
             f"{path.name} prints {commands}, none of which names its exercise {path.stem!r}"
 
 
@@ -164,10 +165,10 @@ def test_printed_command_selects_the_exercises_it_names(command):
         raise AssertionError(f"{command!r}, printed in {COMMANDS[command]}: {e}") from None
 
 
-def test_each_exercise_name_selects_exactly_its_tests():
-    exercises = dict.fromkeys(e for _, e in everything(GRADING_FILES))
-    assert len(exercises) >= 6, exercises
-    for exercise in exercises:
-        check_selection(GRADING_FILES, exercise, [])
-    first, *_, last = exercises
+def test_each_exercise_and_bug_name_selects_exactly_its_tests():
+    units = dict.fromkeys(u for _, u in everything(GRADING_FILES))
+    assert len(units) >= 18, units  # ten exercises and eight bugs at least
+    for unit in units:
+        check_selection(GRADING_FILES, unit, [])
+    first, *_, last = units
     check_selection(GRADING_FILES, f"{first} or {last}", [])
