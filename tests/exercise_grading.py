@@ -156,13 +156,17 @@ def call_with_time_limit(fn, seconds, what):
 
 # --- loading what is graded -----------------------------------------------------------------------
 _modules = {}  # path -> loaded module, so each file is imported once per run
+_broken = {}   # path -> why importing it failed, so later tests fail at once instead of importing again
 
 
 def load_module(path, seconds=0.0, name=None):
     """The module of a Python file (or a package folder), imported by path once per run.
 
-    Its top level runs under the time limit; a syntax error fails the tests that need it, with its traceback.
+    Its top level runs under the time limit. If importing fails (a syntax error, an exception, a hang),
+    the first test that needs it fails with the traceback, the later ones with a one-line reminder.
     """
+    if path in _broken:
+        pytest.fail(f"importing {path.name} failed (see the first test that imported it): {_broken[path]}", pytrace=False)
     if path not in _modules:
         package = path.is_dir()
         name = name or f"exercise_{path.parent.name}_{path.stem}"
@@ -171,7 +175,12 @@ def load_module(path, seconds=0.0, name=None):
         module = importlib.util.module_from_spec(spec)
         if package:  # its modules import as name.<module>
             sys.modules[name] = module
-        call_with_time_limit(lambda: spec.loader.exec_module(module), seconds, f"importing {path.name}")
+        try:
+            call_with_time_limit(lambda: spec.loader.exec_module(module), seconds, f"importing {path.name}")
+        except BaseException as e:
+            why = str(e) if isinstance(e, pytest.fail.Exception) else f"{type(e).__name__}: {e}"
+            _broken[path] = why.split("\n")[0]
+            raise
         _modules[path] = module
     return _modules[path]
 

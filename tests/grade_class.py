@@ -47,7 +47,7 @@ def row(student, data):
     if data is None:
         return {"student": student, "passed": "error (see the log)"}
     cells = {name: f"{e['held']}/{e['total']}" for name, e in data["exercises"].items()}
-    lab = data["bug_lab"]
+    lab = data["bug_lab"] or {"caught": 0, "total": 0}
     return {"student": student, **cells, "bug_lab": f"{lab['caught']}/{lab['total']}", "passed": data["passed"]}
 
 

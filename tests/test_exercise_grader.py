@@ -9,6 +9,7 @@ import ast
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,8 +137,8 @@ def test_class_grader_passes_the_solutions_and_fails_the_skeletons(tmp_path):
     assert rows["alice"]["lora_layer"] == "5/5" and rows["bob"]["lora_layer"] == "0/5", rows
     assert rows["alice"]["bug_lab"] == "10/10" and rows["bob"]["bug_lab"] == "0/10", rows
     alice, bob = (out / "alice.log").read_text(), (out / "bob.log").read_text()
-    assert "all 78 graded checks hold" in alice and " passed" in alice and "failed" not in alice, alice
-    assert "not passed: 0 of 78 graded checks hold (0 FAIL, 78 todo); exit code 1" in bob, bob
+    assert re.search(r"all \d+ graded checks hold", alice) and " passed" in alice and "failed" not in alice, alice
+    assert re.search(r"not passed: 0 of (\d+) graded checks hold \(0 FAIL, \1 todo\); exit code 1", bob), bob
     assert "lora_layer: 0 of 5 properties hold" in bob and "delta_weight() not implemented yet" in bob, bob
     assert "LinearNF4.__init__() not implemented yet" in bob and "test_missing_scaling() not implemented yet" in bob, bob
     assert not list((submissions / "bob").glob("__pycache__")), "grading wrote into a submission"

@@ -560,6 +560,20 @@ class TestQuantizedLinear:
         assert A.grad is not None and gap(A.grad, A_.grad) < 1e-4 and gap(B.grad, B_.grad) < 1e-4, \
             "the adapter's gradients differ from those of the same model with float ŵ weights"
 
+    def test_the_library_adapter_wraps_it_as_a_quantized_base(self, ex):
+        layer, linear, w_hat = quantized(ex)
+        sizes = tuple(getattr(layer, a, None) for a in ("in_features", "out_features"))
+        assert sizes == (D_IN, D_OUT) and hasattr(layer, "bias"), \
+            f"in_features, out_features = {sizes}; like nn.Linear the layer needs them, and bias"
+        adapted = lora.LoRALinear(layer, rank=R, alpha=ALPHA)
+        with torch.no_grad():
+            adapted.lora_B.normal_()
+            x = torch.randn(3, D_IN)
+            want = F.linear(x, w_hat, linear.bias) + (ALPHA / R) * (x @ adapted.lora_A.T) @ adapted.lora_B.T
+            assert gap(adapted(x), want) < 1e-5, "lora.LoRALinear over your layer must compute ŵ x + b + (α/r)·B A x"
+            merged = lora.merge_and_unload(nn.Sequential(adapted))[0]
+            assert gap(merged.weight, w_hat + adapted.delta_weight()) < 1e-6, "the merge is into ŵ, from dequantize_weight()"
+
     def test_backward_keeps_no_float_copy_of_the_weight(self, ex):
         layer, _, _ = quantized(ex, 24, 40)  # ŵ has 960 entries; x has 2·24
         x = torch.randn(2, 24, requires_grad=True)

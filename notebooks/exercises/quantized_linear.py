@@ -30,7 +30,9 @@ class LinearNF4(nn.Module):
         quantize, dequantize: the quantiser (see the module docstring).
         blocksize: weights per block.
     The codes and scales are buffers of the module (so .to(device) moves them and state_dict saves
-    them); the module has no float weight and no trainable parameter.
+    them); the module has no float weight and no trainable parameter. Like nn.Linear it has the
+    attributes in_features, out_features and bias: with them and dequantize_weight() the library's
+    LoRALinear recognises it as a quantized base and can wrap it (QLoRA: LoRA over a 4-bit layer).
     """
 
     def __init__(self, linear, quantize, dequantize, blocksize=64):
