@@ -1,15 +1,16 @@
 """Exercise: what NF4 costs per weight, and double quantisation of the block scales (Dettmers et al., 2023, §3).
 
-Plain NF4 stores 4 bits per weight plus one float32 absmax per block of `blocksize` weights. Double
-quantisation stores each absmax in 8 bits instead, after subtracting their mean, plus one float32 scale
-per `dq_blocksize` absmax values:
+Plain NF4 stores a 4-bit code per weight and one float32 absmax per block of `blocksize` weights.
+QLoRA's double quantisation (§3, "Double Quantization") stores those absmax values again, in 8 bits:
+subtract their mean (one float32 for the whole tensor), cut the centred values into second-level
+blocks of `dq_blocksize` (256), and keep each as an int8 relative to its block's largest magnitude,
+which is stored as one float32 per second-level block. (The paper uses 8-bit floats for the second
+level; this course stores int8, as torchao does: docs/nf4.md says why.)
 
-    plain:         4 + 32 / blocksize                                  (4.5 at blocksize 64)
-    double quant:  4 + 8 / blocksize + 32 / (blocksize · dq_blocksize)  (≈ 4.127 at 64 and 256)
+Copy this file to notebooks/exercises/mine/ and grade it (docs/exercises.md):
 
-(the single float32 mean adds 32 / n bits for the whole tensor; leave it out: it vanishes for large n).
-
-Grade with `pytest tests/test_exercises.py --impl=mine -k double_quant` (see docs/exercises.md).
+    mkdir -p notebooks/exercises/mine && cp notebooks/exercises/double_quant.py notebooks/exercises/mine/
+    pytest tests/test_exercises.py --impl=mine -k double_quant
 
 Shape legend:
     nb  first-level constants (one absmax per weight block)      nq  second-level blocks = ceil(nb / 256)
@@ -19,25 +20,27 @@ import torch  # noqa: F401  (you will need it)
 
 
 def bits_per_parameter(blocksize=64, dq_blocksize=None):
-    """Bits stored per weight by NF4 with blocks of `blocksize`; with double quantisation when
-    `dq_blocksize` (constants per second-level block, 256 in QLoRA) is given, plain otherwise. A float."""
+    """Bits stored per weight by NF4 with blocks of `blocksize` weights, codes and constants included; with
+    double quantisation when `dq_blocksize` (constants per second-level block) is given, plain otherwise.
+    Leave out the single float32 mean: for a large tensor it adds nothing per weight. A float.
+    (QLoRA §3 gives 4.5 bits plain and about 4.127 with double quantisation, at 64 and 256.)"""
     raise NotImplementedError
 
 
 def double_quantize(absmax, blocksize=256):
-    """Quantise float32 constants to int8 after centring: q = round(127 · (a − ā) / s_k).
-
-    ā is the mean of all constants; the centred values are cut into blocks of `blocksize` (the last one
-    zero-padded) and s_k is the max |a − ā| of block k, so every q lies in [−127, 127].
+    """The int8 second level: centre the constants on their mean, and in each block of `blocksize`
+    centred values (the last one zero-padded) round each to an int8 in [−127, 127] such that the
+    block's largest magnitude maps to ±127.
 
     Args:
         absmax: (nb,) float32.
     Returns:
-        (q (nb,) int8, scale (nq,) float32 holding the s_k, mean (1,) float32 holding ā).
+        (q (nb,) int8, scale (nq,) float32 holding each block's largest |a − mean|, mean (1,) float32).
     """
     raise NotImplementedError
 
 
 def double_dequantize(q, scale, mean, blocksize=256):
-    """â = q · s_k / 127 + ā, the inverse of `double_quantize`: (nb,) int8 -> (nb,) float32."""
+    """The constants back from `double_quantize`'s output: (nb,) int8 -> (nb,) float32, each within half
+    an int8 step of the original."""
     raise NotImplementedError

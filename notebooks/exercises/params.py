@@ -1,14 +1,20 @@
 """Exercise: what a LoRA adapter costs in parameters (Hu et al., 2021, §4.1 and §4.2).
 
-A rank-r adapter on a d_in -> d_out linear layer trains A (r, d_in) and B (d_out, r): r·(d_in + d_out)
-numbers beside the frozen d_out·d_in of W.
+A rank-r adapter on a linear layer with d_in inputs and d_out outputs trains its two factors A and B
+(shapes below); the layer's own d_out·d_in weights stay frozen. Count what the adapters train.
 
-Grade with `pytest tests/test_exercises.py --impl=mine -k params` (see docs/exercises.md).
+Copy this file to notebooks/exercises/mine/ and grade it (docs/exercises.md):
+
+    mkdir -p notebooks/exercises/mine && cp notebooks/exercises/params.py notebooks/exercises/mine/
+    pytest tests/test_exercises.py --impl=mine -k params
+
+Shape legend:
+    A (r, d_in)   B (d_out, r)
 """
 
 
 def lora_param_count(d_in, d_out, r):
-    """Trainable parameters of one rank-r adapter on a d_in -> d_out layer: r·(d_in + d_out). Returns an int."""
+    """Trainable parameters of one rank-r adapter on a d_in -> d_out linear layer. Returns an int."""
     raise NotImplementedError
 
 
@@ -19,6 +25,6 @@ def lora_model_param_count(layer_shapes, r):
         layer_shapes: an iterable of (d_in, d_out) pairs, one per adapted linear layer.
         r: the rank, the same for every layer.
     Returns:
-        Σ r·(d_in + d_out) over the layers, an int.
+        an int.
     """
     raise NotImplementedError

@@ -1,41 +1,42 @@
 """Exercise: why B starts at zero, through the gradients of A and B (Hu et al., 2021, §4.1).
 
-With u = x Aᵀ (the r-wide intermediate), s = α / r and g = ∂L/∂h the gradient arriving at the
-layer's output, the low-rank path h = s · u Bᵀ has
+LoRA's low-rank path adds h = s · B A x to a layer's output (s = α / r) and starts training at
+exactly the pretrained model: one factor is random, the other zero (§4.1, "We use a random Gaussian
+initialization for A and zero for B"). Derive, with the chain rule, the gradients of a loss L with
+respect to A and to B, given g = ∂L/∂h at every position, and see which of them vanishes at the start
+and what would happen were both factors zero.
 
-    ∂L/∂B = s · gᵀ u = s · Σ_n g_n (A x_n)ᵀ        (d_out, r)
-    ∂L/∂A = s · (g B)ᵀ x = s · Σ_n Bᵀ g_n x_nᵀ      (r, d_in)
+Copy this file to notebooks/exercises/mine/ and grade it (docs/exercises.md):
 
-(sums over every leading position n). At B = 0 the second is zero while the first is not: B moves on
-step 1, A on step 2. Were both zero, neither would ever move.
-
-Grade with `pytest tests/test_exercises.py --impl=mine -k zero_init` (see docs/exercises.md).
+    mkdir -p notebooks/exercises/mine && cp notebooks/exercises/zero_init.py notebooks/exercises/mine/
+    pytest tests/test_exercises.py --impl=mine -k zero_init
 
 Shape legend:
     A (r, d_in)   B (d_out, r)   x (..., d_in)   grad_out = g (..., d_out)
+    ...  any leading dimensions (batch, time); a parameter's gradient sums over all of them
 """
 
 import torch  # noqa: F401  (you will need it)
 
 
 def init_lora(d_in, d_out, r):
-    """(A, B) initialised as the reference implementations do (loralib, PEFT).
+    """(A, B) initialised as the reference implementations do (loralib, PEFT), float32.
 
-    A (r, d_in) is Kaiming-uniform with a = √5, which is nn.Linear's default: uniform on
-    [−1/√d_in, 1/√d_in]. B (d_out, r) is all zeros, so ΔW = B A = 0 and training starts exactly at the
-    base model. Draw from torch's global random generator (the tests seed it). float32.
+    A (r, d_in) is drawn from nn.Linear's default initialisation, Kaiming-uniform with a = √5: work out
+    the interval it is uniform on for a layer with d_in inputs. B (d_out, r) is zero, so that ΔW = 0 at
+    step 0. Draw from torch's global random generator (the tests seed it). (The paper draws A from a
+    Gaussian; loralib and PEFT use the uniform, and so does this course.)
     """
     raise NotImplementedError
 
 
 def lora_grads(x, A, B, grad_out, alpha, r):
-    """(∂L/∂A, ∂L/∂B) of the low-rank path h = (α / r) · (x Aᵀ) Bᵀ, by the formulas above.
+    """(∂L/∂A, ∂L/∂B) of the low-rank path h = (α / r) · B A x, at every position of x at once.
 
     Args:
-        x: (..., d_in) the layer's input. grad_out: (..., d_out), g = ∂L/∂h.
+        x: (..., d_in) the layer's input. grad_out: (..., d_out), g = ∂L/∂h at each position.
         A: (r, d_in). B: (d_out, r). alpha: α. r: the rank.
     Returns:
-        (grad_A (r, d_in), grad_B (d_out, r)), written with matrix products, not with autograd.
-        Hint: flatten the leading dimensions first: (..., d) -> (N, d).
+        (grad_A (r, d_in), grad_B (d_out, r)), from your formulas, with matrix products (not autograd).
     """
     raise NotImplementedError
