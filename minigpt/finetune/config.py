@@ -13,10 +13,14 @@ import torch
 from lora.checks import check_bool, check_choice, check_float, check_int
 from lora.inject import plan_lora
 from lora.targets import parse_targets
+from minigpt.cli import check_writable
 from minigpt.device import DEVICES, pick_device
-from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text
+from minigpt.download import cache_dir
+from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text, is_cached, tiny_base_folder
 from minigpt.finetune.rundir import check_out_dir
 from minigpt.model import GPT, PRESETS
+from minigpt.threads import user_threads
+from minigpt.trainer import check_seed
 
 METHODS = ("full", "lora", "qlora")
 INITS = ("default", "gaussian", "pissa")
@@ -80,13 +84,15 @@ def _check_values(cfg):
     check_choice("base_preset", cfg.base_preset, sorted(PRESETS))
     for name in ("base_steps", "rank", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
         check_int(name, getattr(cfg, name))
-    if cfg.threads is not None:
-        check_int("threads", cfg.threads)
+    check_seed("seed", cfg.seed)
+    user_threads(cfg.threads)  # threads, and OMP_NUM_THREADS when threads is None
     check_float("alpha", cfg.alpha)
     check_float("dropout", cfg.dropout, 0.0, 1.0, low_open=False)
     if cfg.lr is not None:
         check_float("lr", cfg.lr)
     check_choice("device", cfg.device, DEVICES)
+    if cfg.data is not None and not os.path.isfile(cfg.data):
+        raise ValueError(f"data={cfg.data!r}: no such file; give a UTF-8 text file to fine-tune on")
     if not isinstance(cfg.prompt, str) or not cfg.prompt:
         raise ValueError(f"prompt={cfg.prompt!r}: give a non-empty prompt to sample from")
     parse_targets(cfg.targets)
@@ -158,4 +164,6 @@ def validate(cfg):
         out=cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}"))
     pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
     check_out_dir(cfg)
+    if cfg.base == TINY and not is_cached(tiny_base_folder(recipe_of(cfg), cfg.cache_dir)):  # pretrained, then cached
+        check_writable("cache_dir", cfg.cache_dir or cache_dir(), folder=True)
     return cfg

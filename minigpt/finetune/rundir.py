@@ -13,6 +13,7 @@ import shutil
 
 from lora.files import atomic_write
 from minigpt.checkpoint import checkpoint_path, read_checkpoint
+from minigpt.cli import check_writable
 
 OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "model.json",
            "report.json")
@@ -25,10 +26,11 @@ def _result_fields(cfg):
 
 
 def check_out_dir(cfg):
-    """Refuse an --out that holds something other than this run (unless cfg.overwrite)."""
+    """Refuse an --out that holds something other than this run (unless cfg.overwrite), or that could not be written."""
     out = pathlib.Path(cfg.out)
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    check_writable("out", cfg.out, folder=True)  # under a regular file, or in a place that cannot be written
     if not out.exists() or cfg.overwrite:
         return
     if not out.is_dir():

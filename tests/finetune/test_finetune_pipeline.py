@@ -214,7 +214,9 @@ def test_out_holding_another_run_is_refused(runs):
 
 
 def test_cli_prints_one_line_and_exits_2_on_bad_input(capsys):
-    assert main(["--method", "sft"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["--method", "sft"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "method='sft'" in err
 
