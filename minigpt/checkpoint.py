@@ -110,7 +110,7 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, train_config=None, r
 
 
 class _RecordingFile:
-    """What torch.save writes into: the file's unbuffered stream, keeping the OSError of a failed write.
+    """What torch.save writes into: the file's unbuffered stream, keeping the error of a failed write.
 
     torch reports a failed write (a full disk) as a RuntimeError about zip positions, which says
     nothing to the user; and a buffered file would try the write again when it is closed, raising a
@@ -125,7 +125,7 @@ class _RecordingFile:
         try:
             while view:  # an unbuffered write may take only part of the data
                 view = view[self.raw.write(view):]
-        except OSError as e:
+        except BaseException as e:  # OSError, or Ctrl-C arriving in the middle of the write
             self.error = e
             raise
         return len(data)
@@ -135,17 +135,21 @@ class _RecordingFile:
 
 
 def _save(payload, f, path):
-    """torch.save into the open file f; a failed write is raised as an OSError naming `path`."""
+    """torch.save into the open file f. A failed write is raised as an OSError naming `path`, and
+    Ctrl-C as KeyboardInterrupt: torch's zip writer turns both into a RuntimeError when it tries to
+    finish the archive on its way out."""
     f.flush()
     recorder = _RecordingFile(f)
     try:
         torch.save(payload, recorder)
-    except RuntimeError:
-        e = recorder.error
-        if e is None:
+    except RuntimeError as e:
+        cause = recorder.error or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if not isinstance(cause, OSError):
             raise
-        raise OSError(e.errno, f"{e.strerror or e}; the checkpoint was not written, the previous one is kept",
-                      path) from None
+        raise OSError(cause.errno, f"{cause.strerror or cause}; the checkpoint was not written, the previous one "
+                      "is kept", path) from None
 
 
 def check_plain(obj, name="extra"):
