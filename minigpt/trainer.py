@@ -30,6 +30,7 @@ from minigpt.cli import check_writable
 from minigpt.data import get_batch
 from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
 from minigpt.evaluate import estimate_loss
+from minigpt.metrics_log import trim_metrics_file
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.threads import fitted_threads
 
@@ -215,6 +216,8 @@ class _Run:
         self.callback, self.log = (callback if rank == 0 else None), None
         if rank == 0 and cfg.metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.metrics_path)), exist_ok=True)
+            if self.start:  # the steps logged after the checkpoint by the run that stopped are run again
+                trim_metrics_file(cfg.metrics_path, self.start)
             self.log = open(cfg.metrics_path, "a" if self.start else "w", encoding="utf-8")  # appended step by step
 
     def step(self, step, train_data, val_data):
