@@ -24,6 +24,7 @@ from minigpt.trainer import check_seed
 
 __all__ = ["load_model", "sample", "main"]
 
+
 def sample(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top_k=None, seed=1337, num_samples=1):
     """Continue `prompt` num_samples times; returns the texts, each with its prompt in front.
 

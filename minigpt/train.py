@@ -22,7 +22,7 @@ import torch.distributed as dist
 from minigpt.checkpoint import rank_world
 from minigpt.cli import check_writable, one_line_errors
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
-from minigpt.device import DEVICES
+from minigpt.device import DEVICES, pick_device
 from minigpt.model import GPT, PRESETS, GPTConfig, check_allocatable
 from minigpt.threads import choose_threads, user_threads
 from minigpt.tokenizer import get_tokenizer
@@ -105,6 +105,7 @@ def _run(args, model_kw, text_name):
                       progress_desc=f"training {args['preset']} on {text_name}")
     check_allocatable(GPTConfig.from_preset(args["preset"], **model_kw))  # the overrides, before the text is read
     check_outputs(cfg.out, cfg.metrics_path)
+    pick_device(cfg.device)  # cuda or mps asked for but absent
     user_threads(cfg.threads)  # --threads and OMP_NUM_THREADS
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()  # under torchrun
     if started:

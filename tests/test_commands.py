@@ -180,6 +180,8 @@ def test_sample_help_and_unknown_flags(capsys):
     (["--out", "{file}/ckpt.pt"], "is a file, so nothing can be written under it"),
     (["--metrics-path", "{file}/m.jsonl"], "metrics_path="),
     (["--metrics-path", "{dir}"], "is a folder; give a file name"),
+    pytest.param(["--device", "cuda"], "device='cuda' was requested",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")),
 ])
 def test_train_refuses_a_bad_setting_in_one_line_before_reading_the_text(monkeypatch, capsys, a_file, argv, named):
     monkeypatch.setattr(train_cli, "load_tiny_shakespeare", not_reached("reading the text"))
@@ -196,6 +198,16 @@ def test_train_refuses_a_bad_omp_num_threads_before_reading_the_text(monkeypatch
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         argv = [*TRAIN[:-3], "--no-progress", "--out", str(tmp_path / "run")]  # no --threads: the variable counts
         assert_one_line_error(*run_cli(train_cli.main, argv, capsys)[::2], f"OMP_NUM_THREADS={bad!r}")
+
+
+@pytest.mark.parametrize("content, named", [(b"\xff\xfe\x00 not text", "not UTF-8 text (byte 0"),
+                                            (b"", "needs a non-empty text"), (b"abc", "data has 1 tokens")])
+def test_train_on_a_file_that_is_not_usable_text_is_one_line(tmp_path, capsys, content, named):
+    (tmp_path / "data.bin").write_bytes(content)
+    argv = [*TRAIN, "--data", str(tmp_path / "data.bin"), "--out", str(tmp_path / "run")]
+    code, _, err = run_cli(train_cli.main, argv, capsys)
+    assert_one_line_error(code, err, named)
+    assert not (tmp_path / "run").exists()
 
 
 def _copy_run(trained, tmp_path):
