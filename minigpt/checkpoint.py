@@ -105,8 +105,51 @@ def save_checkpoint(path, model, optimizer=None, *, step=0, train_config=None, r
     if rank_world()[0] != 0:
         return path
     with atomic_write(path) as f:
-        torch.save(payload, f)
+        _save(payload, f, path)
     return path
+
+
+class _RecordingFile:
+    """What torch.save writes into: the file's unbuffered stream, keeping the error of a failed write.
+
+    torch reports a failed write (a full disk) as a RuntimeError about zip positions, which says
+    nothing to the user; and a buffered file would try the write again when it is closed, raising a
+    second error that hides the first. Writing past the buffer leaves nothing to flush.
+    """
+
+    def __init__(self, f):
+        self.raw, self.error = getattr(f, "raw", f), None
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        try:
+            while view:  # an unbuffered write may take only part of the data
+                view = view[self.raw.write(view):]
+        except BaseException as e:  # OSError, or Ctrl-C arriving in the middle of the write
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self):
+        pass
+
+
+def _save(payload, f, path):
+    """torch.save into the open file f. A failed write is raised as an OSError naming `path`, and
+    Ctrl-C as KeyboardInterrupt: torch's zip writer turns both into a RuntimeError when it tries to
+    finish the archive on its way out."""
+    f.flush()
+    recorder = _RecordingFile(f)
+    try:
+        torch.save(payload, recorder)
+    except RuntimeError as e:
+        cause = recorder.error or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, f"{cause.strerror or cause}; the checkpoint was not written, the previous one "
+                      "is kept", path) from None
 
 
 def check_plain(obj, name="extra"):
@@ -159,7 +202,8 @@ def read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and unicode errors all mean the same thing here
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupted): {type(e).__name__}: {e}") from None
+        why = str(e).split(". ")[0]  # torch's zip reader appends a paragraph of advice
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupted): {type(e).__name__}: {why}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} file")
     if ckpt.get("version") != VERSION:

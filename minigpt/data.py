@@ -67,8 +67,17 @@ def tiny_shakespeare_path(path=None, download=True):
 
 
 def load_tiny_shakespeare(path=None):
-    """The corpus as one str (see tiny_shakespeare_path for where it is looked for)."""
-    return tiny_shakespeare_path(path).read_text(encoding="utf-8")
+    """The corpus as one str (see tiny_shakespeare_path for where it is looked for).
+
+    Raises:
+        FileNotFoundError: see tiny_shakespeare_path.
+        ValueError: the file is not UTF-8 text (named, with the first bad byte's offset).
+    """
+    path = tiny_shakespeare_path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); give a text file") from None
 
 
 def encode_text(tokenizer, text):

@@ -5,6 +5,7 @@ the forward pass under bf16 autocast (weights and optimizer state stay float32);
 """
 
 import contextlib
+import os
 import sys
 
 import torch
@@ -45,3 +46,22 @@ def ru_maxrss_bytes():
     except ImportError:  # Windows
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux
+
+
+def memory_bytes(device):
+    """Bytes of memory `device` holds in all (CPU: the RAM this process may use), or None where unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None  # mps shares the RAM it reports nothing reliable about; meta holds no data
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # Windows has no sysconf
+        return None
+    try:  # a container's cgroup (v2) may allow less than the machine has
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        return min(total, int(limit)) if limit.isdigit() else total
+    except OSError:
+        return total

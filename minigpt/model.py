@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lora.checks import check_bool, check_float, check_int
 from minigpt import generation
+from minigpt.device import memory_bytes
 
 
 @dataclass
@@ -68,6 +69,26 @@ PRESETS = {
     # for unit tests
     "test": dict(n_layer=2, n_head=2, n_embd=16, vocab_size=64, block_size=16),
 }
+
+
+def parameter_count(config):
+    """Parameters of GPT(config) from the config alone (lm_head is wte's matrix: counted once)."""
+    C, b = config.n_embd, int(config.bias)
+    block = 12 * C * C + b * 9 * C + 2 * C * (1 + b)  # c_attn 3C², attn.c_proj C², c_fc 4C², mlp.c_proj 4C²; biases; ln_1, ln_2
+    return (config.vocab_size + config.block_size) * C + config.n_layer * block + C * (1 + b)  # wte, wpe, h, ln_f
+
+
+def check_allocatable(config):
+    """Refuse, before allocating anything, a config whose parameters alone exceed the memory of the
+    device they would be made on (torch's default device and dtype); a meta device holds no data."""
+    device, dtype = torch.get_default_device(), torch.get_default_dtype()
+    if device.type == "meta":
+        return
+    n = parameter_count(config)
+    need, have = n * dtype.itemsize, memory_bytes(device)
+    if have is not None and need > have:
+        raise ValueError(f"{config}: {n:,} parameters need {need:,} bytes in {dtype}, more than the {have:,} bytes "
+                         f"of memory on {device.type}; choose smaller sizes")
 
 
 def transposed_storage(module):
@@ -146,6 +167,7 @@ class GPT(nn.Module):
         super().__init__()
         if not isinstance(config, GPTConfig):
             raise ValueError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        check_allocatable(config)
         self.config = config
         self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
         self.transformer = nn.ModuleDict(dict(
@@ -260,8 +282,9 @@ class GPT(nn.Module):
         Raises:
             TypeError: idx is not a tensor of int64/int32 token ids.
             ValueError: idx not (B, T) with B, T >= 1, an id outside the vocabulary, or a bad setting
-                (max_new_tokens < 0, temperature < 0 or not finite, top_k < 1, window_keep outside
-                [1, block_size]), each named.
+                (max_new_tokens < 0, temperature < 0, not finite or in (0, 1e-6), top_k < 1,
+                window_keep outside [1, block_size], a generator that is not a torch.Generator on
+                idx's device type), each named, before the first forward pass.
         """
         was_training = self.training
         self.eval()

@@ -27,9 +27,12 @@ Two remedies:
   idle, and beside one busy process 1 thread (77 to 82 ms) beats 2 (84 to 104 ms). The count is read
   once per run: a competitor that starts later is met by the short spin.
 
-The user's choice always wins: an explicit thread count (`--threads`, TrainConfig.threads), then
-OMP_NUM_THREADS; and when OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, neither is touched. This module
-imports no torch at its top: it runs before torch is loaded.
+The user's choice wins: an explicit thread count (`--threads`, TrainConfig.threads), then
+OMP_NUM_THREADS; and when OMP_WAIT_POLICY or GOMP_SPINCOUNT is set, neither is touched. One limit
+applies to the user's count too: it is clamped to the usable cores, and the ThreadChoice says so.
+More threads than cores only make every parallel region wait for the threads that share a core, and
+a count like 100,000 would make OpenMP try to create that many threads (a crash, not a slow run).
+This module imports no torch at its top: it runs before torch is loaded.
 """
 
 import contextlib
@@ -38,6 +41,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+LOADAVG = "/proc/loadavg"  # Linux's scheduler counts (a module constant, so tests can point it at a fake)
 READINGS = 5  # /proc/loadavg readings, 10 ms apart; the least is taken (a reading catches short-lived work too)
 
 
@@ -86,7 +90,7 @@ def other_running():
     readings = []
     for i in range(READINGS):
         try:
-            with open("/proc/loadavg", encoding="ascii") as f:
+            with open(LOADAVG, encoding="ascii") as f:
                 readings.append(int(f.read().split()[3].split("/")[0]) - 1)
         except (OSError, ValueError, IndexError):  # not Linux, or an unexpected format
             return 0
@@ -110,8 +114,16 @@ class ThreadChoice:
         return f"{self.threads} thread(s) ({self.reason}); OpenMP wait policy {self.wait_policy}"
 
 
-def choose_threads(requested=None):
-    """The thread count of a run: `requested`, else OMP_NUM_THREADS, else the cores free right now.
+def clamp_to_cores(count, source):
+    """(count, why) for a thread count the user gave through `source`: the usable cores when count is above them."""
+    cores = usable_cores()
+    if count > cores:
+        return cores, f"{source} {count}, clamped to the {cores} usable cores"
+    return count, source
+
+
+def user_threads(requested=None):
+    """The user's thread count, checked and clamped: (threads, reason), or None to fit the free cores.
 
     Raises:
         ValueError: requested, or OMP_NUM_THREADS, is not a positive integer.
@@ -119,12 +131,25 @@ def choose_threads(requested=None):
     from lora.checks import check_int  # here, not at the top: lora imports torch
 
     if requested is not None:
-        return ThreadChoice(check_int("threads", requested), "requested", wait_policy())
+        return clamp_to_cores(check_int("threads", requested), "requested")
     env = os.environ.get("OMP_NUM_THREADS")
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"OMP_NUM_THREADS={env!r}: must be a positive integer")
-        return ThreadChoice(int(env), "OMP_NUM_THREADS", wait_policy())
+        return clamp_to_cores(int(env), "OMP_NUM_THREADS")
+    return None
+
+
+def choose_threads(requested=None):
+    """The thread count of a run: `requested`, else OMP_NUM_THREADS (either clamped to the usable
+    cores), else the cores free right now.
+
+    Raises:
+        ValueError: requested, or OMP_NUM_THREADS, is not a positive integer.
+    """
+    chosen = user_threads(requested)
+    if chosen is not None:
+        return ThreadChoice(*chosen, wait_policy())
     cores, free = usable_cores(), free_cores()
     return ThreadChoice(free, f"{free} of {cores} cores free now", wait_policy())
 

@@ -20,10 +20,11 @@ import torch
 import torch.distributed as dist
 
 from minigpt.checkpoint import rank_world
+from minigpt.cli import check_writable, one_line_errors
 from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
-from minigpt.device import DEVICES
-from minigpt.model import GPT, PRESETS, GPTConfig
-from minigpt.threads import choose_threads
+from minigpt.device import DEVICES, pick_device
+from minigpt.model import GPT, PRESETS, GPTConfig, check_allocatable
+from minigpt.threads import choose_threads, user_threads
 from minigpt.tokenizer import get_tokenizer
 from minigpt.trainer import TrainConfig, train
 
@@ -42,7 +43,8 @@ TRAIN_FLAGS = (  # (TrainConfig field, metavar, help); the default is read from 
     ("out", "DIR", "output folder of ckpt.pt (default: out-<text>-<tokenizer>, e.g. out-shakespeare-char)"),
     ("checkpoint_interval", "N", "also checkpoint every N steps; 0 = at the end only"),
     ("metrics_path", "FILE", "JSON lines, one per step (default: none)"),
-    ("threads", "N", "torch threads (default: $OMP_NUM_THREADS, else one per core free at the start)"),
+    ("threads", "N", "torch threads, at most the usable cores (default: $OMP_NUM_THREADS, else one per core free "
+                     "at the start)"),
 )
 SWITCHES = (("compile", "torch.compile the model"), ("resume", "continue from --out's ckpt.pt when it exists"),
             ("gradient_checkpointing", "recompute activations in backward: less memory, more time"))
@@ -78,17 +80,33 @@ def build_parser():
     return p
 
 
+def check_outputs(out, metrics_path):
+    """--out (a folder, or a .pt file) and --metrics-path must be places this process can write."""
+    check_writable("out", out, folder=not os.fspath(out).endswith(".pt"))
+    if metrics_path is not None:
+        check_writable("metrics_path", metrics_path, folder=False)
+
+
 def main(argv=None):
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     model_kw = {k: args[k] for k in (*MODEL_FLAGS, "block_size") if k in args}
     text_name = pathlib.Path(args["data"]).stem if args["data"] else "shakespeare"
     args.setdefault("out", f"out-{text_name}-{args['tokenizer']}")
-    try:
-        cfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args},
-                          progress_desc=f"training {args['preset']} on {text_name}")
-    except ValueError as e:
-        parser.error(str(e))
+    interrupted = (f"interrupted: every file in {args['out']} is whole (a checkpoint is written beside the old one, "
+                   "then renamed); continue from the last one with --resume")
+    with one_line_errors(interrupted):
+        return _run(args, model_kw, text_name)
+
+
+def _run(args, model_kw, text_name):
+    """The command after parsing: every check first (settings, model sizes, outputs, threads), then the work."""
+    cfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args},
+                      progress_desc=f"training {args['preset']} on {text_name}")
+    check_allocatable(GPTConfig.from_preset(args["preset"], **model_kw))  # the overrides, before the text is read
+    check_outputs(cfg.out, cfg.metrics_path)
+    pick_device(cfg.device)  # cuda or mps asked for but absent
+    user_threads(cfg.threads)  # --threads and OMP_NUM_THREADS
     started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()  # under torchrun
     if started:
         cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()

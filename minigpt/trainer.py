@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 
 from lora.checks import check_bool, check_choice, check_float, check_int
 from minigpt.checkpoint import capture_rng, check_plain, checkpoint_path, load_checkpoint, rank_world, save_checkpoint
+from minigpt.cli import check_writable
 from minigpt.data import get_batch
 from minigpt.device import DEVICES, autocast, pick_device, ru_maxrss_bytes
 from minigpt.evaluate import estimate_loss
+from minigpt.metrics_log import trim_metrics_file
 from minigpt.optim import configure_optimizer, lr_at
 from minigpt.threads import fitted_threads
 
@@ -36,7 +38,16 @@ from minigpt.threads import fitted_threads
 RESUME_FREE_FIELDS = ("steps", "resume", "out", "checkpoint_interval", "metrics_path", "progress", "progress_desc",
                       "eval_interval", "eval_batches", "compile", "device", "gradient_checkpointing", "threads")
 OPTIONAL_SIZES = ("block_size", "lr_decay_steps", "threads")  # positive integers, or None for the default
+MAX_SEED = 2**63 - 1  # torch.manual_seed(seed + rank) must stay a 64-bit seed
 POSITIVE = ("batch_size", "grad_accum_steps", "eval_batches", *OPTIONAL_SIZES)  # the other int fields may be 0
+
+
+def check_seed(name, seed):
+    """seed must be an integer in [0, MAX_SEED]; returns it."""
+    if check_int(name, seed, least=0) > MAX_SEED:
+        raise ValueError(f"{name}={seed}: must be at most 2**63 - 1 (torch's seeds are 64-bit, and each process adds "
+                         "its rank)")
+    return int(seed)
 
 
 @dataclass
@@ -88,6 +99,7 @@ class TrainConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: must be None or a path")
         check_choice("TrainConfig.device", self.device, DEVICES)
+        check_seed("TrainConfig.seed", self.seed)
 
 
 @dataclass
@@ -115,6 +127,10 @@ def _resolve(cfg, model, world):
         raise ValueError(f"TrainConfig.block_size={block} exceeds the model's block_size {model_block}")
     if cfg.batch_size % world:
         raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} is not divisible by the {world} processes")
+    if cfg.out is not None:  # before the first step, not at the first checkpoint
+        check_writable("TrainConfig.out", cfg.out, folder=not os.fspath(cfg.out).endswith(".pt"))
+    if cfg.metrics_path is not None:
+        check_writable("TrainConfig.metrics_path", cfg.metrics_path, folder=False)
     return replace(cfg, block_size=block, lr_decay_steps=cfg.lr_decay_steps or cfg.steps)
 
 
@@ -200,6 +216,8 @@ class _Run:
         self.callback, self.log = (callback if rank == 0 else None), None
         if rank == 0 and cfg.metrics_path:
             os.makedirs(os.path.dirname(os.path.abspath(cfg.metrics_path)), exist_ok=True)
+            if self.start:  # the steps logged after the checkpoint by the run that stopped are run again
+                trim_metrics_file(cfg.metrics_path, self.start)
             self.log = open(cfg.metrics_path, "a" if self.start else "w", encoding="utf-8")  # appended step by step
 
     def step(self, step, train_data, val_data):

@@ -339,3 +339,23 @@ def test_unknown_adapter_name_in_save_raises(tmp_path):
         save_adapter(two_adapters(), tmp_path / "ad", adapter_name="nope")
     assert not (tmp_path / "ad").exists()
 
+
+
+def test_deleting_the_active_adapter_of_three_or_more_activates_the_first_remaining_one():
+    # with two adapters the first and the last remaining coincide; with four, first, last and
+    # most recently added all differ, so only the first-remaining rule passes
+    model = two_adapters()
+    for name, rank in (("third", 1), ("fourth", 2)):
+        apply_lora(model, rank=rank, alpha=2, targets=("a", "c"), adapter_name=name)
+        perturb(model, name)
+    set_adapter(model, "third")
+    with pytest.warns(UserWarning, match="'default' is active now"):
+        delete_adapter(model, "third")
+    assert [n for n, c in list_adapters(model).items() if c["active"]] == ["default"]
+    set_adapter(model, "fourth")
+    with pytest.warns(UserWarning, match="'default' is active now"):
+        delete_adapter(model, "fourth")
+    set_adapter(model, "default")
+    with pytest.warns(UserWarning, match="'other' is active now"):
+        delete_adapter(model, "default")
+    assert list_adapters(model)["other"]["active"]

@@ -200,3 +200,23 @@ def test_peft_add_weighted_adapter_results_are_reproduced(name):
     logits, _ = model(expected["ids"])
     assert (logits - expected[f"logits_{name}"]).abs().max() < 1e-5
     assert (logits - expected["logits_default"]).abs().max() > 1e-2  # the combination is not just "default"
+
+
+def test_svd_without_svd_rank_uses_the_largest_input_rank():
+    # ranks 2, 5, 1 in that order: the first (2), the last (1), the smallest (1) and the sum (8) all
+    # differ from the largest (5), PEFT's default
+    model = adapters(rank_second=5)
+    apply_lora(model, rank=1, alpha=3, targets=("a", "b"), adapter_name="t")
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.adapters["t"].lora_B.normal_()
+    weights = [1.0, -0.5, 0.8]
+    add_weighted_adapter(model, ["p", "q", "t"], weights, "mix", combination_type="svd")
+    assert list_adapters(model)["mix"]["r"] == 5
+    for _, layer in lora_layers(model):
+        new = layer.adapters["mix"]
+        assert new.lora_A.shape[0] == new.lora_B.shape[1] == 5
+        delta = sum(w * layer.adapters[n].delta_weight() for n, w in zip(["p", "q", "t"], weights, strict=True))
+        U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+        assert S[5] > 1e-6  # rank 8 in all: truncating to 5 drops something, so another rank would differ
+        torch.testing.assert_close(new.delta_weight(), (U[:, :5] * S[:5]) @ Vh[:5], rtol=0, atol=1e-10)

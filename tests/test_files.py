@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import lora.io.files
-from lora.io.files import atomic_dir, atomic_write, check_writable, staged_writes
+from lora.io.files import atomic_dir, atomic_write, check_not_read_only, staged_writes
 
 
 def tree(path):
@@ -79,7 +79,7 @@ def test_a_folder_without_write_permission_counts_as_read_only_even_for_root(tmp
     (tmp_path / "ro").chmod(0o555)
     try:
         with pytest.raises(PermissionError, match="read-only"):
-            check_writable(tmp_path / "ro")
+            check_not_read_only(tmp_path / "ro")
     finally:
         (tmp_path / "ro").chmod(0o755)
-    check_writable(tmp_path / "ro")  # writable again: no error
+    check_not_read_only(tmp_path / "ro")  # writable again: no error

@@ -9,7 +9,9 @@ import torch
 
 from helpers import V, tiny_gpt
 from lora import LinearNF4, apply_lora, lora_layers, merge_lora, quantize_model, unmerge_lora
+from minigpt.generation import MIN_TEMPERATURE, next_token_probs
 from minigpt.kv_cache import KVCache, LayerCache, window_start
+from minigpt.model import GPT
 
 BLOCK = 16
 SETTINGS = [dict(temperature=0), dict(temperature=1.0), dict(temperature=0.7, top_k=5)]
@@ -162,6 +164,11 @@ def test_zero_new_tokens_returns_the_prompt_and_training_mode_is_restored():
     (dict(temperature=float("inf")), ValueError, "temperature=inf"),
     (dict(temperature=-0.5), ValueError, "temperature=-0.5"),
     (dict(temperature="0.8"), ValueError, "temperature='0.8'"),
+    (dict(temperature=1e-40), ValueError, "temperature=1e-40: use 0 for greedy"),  # logits / T would overflow
+    (dict(temperature=MIN_TEMPERATURE / 2), ValueError, "or at least 1e-06"),
+    (dict(generator=42), ValueError, "generator=42: must be a torch.Generator"),
+    (dict(generator="cpu"), ValueError, "generator='cpu'"),
+    (dict(generator=torch.Generator(), temperature=0), None, None),
     (dict(top_k=0), ValueError, "top_k=0"),
     (dict(top_k=True), ValueError, "top_k=True"),
     (dict(top_k=2.5), ValueError, "top_k=2.5"),
@@ -177,8 +184,84 @@ def test_zero_new_tokens_returns_the_prompt_and_training_mode_is_restored():
 ])
 def test_bad_arguments_raise_naming_the_value(kwargs, error, match):
     args = {**dict(idx=prompt(), max_new_tokens=4), **kwargs}
+    if error is None:  # the control: a good generator passes
+        assert tiny_gpt().generate(**args).shape == (2, 9)
+        return
     with pytest.raises(error, match=match):
         tiny_gpt().generate(**args)
+
+
+@pytest.mark.parametrize("kwargs", [dict(generator=7, temperature=0), dict(generator=7), dict(temperature=1e-9)])
+def test_bad_settings_are_refused_before_the_first_forward_pass(monkeypatch, kwargs):
+    # greedy decoding never draws, so a wrong generator would otherwise pass unnoticed there
+    def forward_is_not_reached(*args, **kw):
+        raise AssertionError("generate ran the model before checking its arguments")
+
+    monkeypatch.setattr(GPT, "forward", forward_is_not_reached)
+    monkeypatch.setattr(GPT, "forward_cached", forward_is_not_reached)
+    for use_cache in (True, False):
+        with pytest.raises(ValueError):
+            tiny_gpt().generate(prompt(), 4, use_cache=use_cache, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device type")
+def test_a_generator_on_another_device_is_refused():
+    with pytest.raises(ValueError, match="generator is on cuda"):
+        tiny_gpt().generate(prompt(), 4, generator=torch.Generator(device="cuda"))
+
+
+def spread_gpt():
+    """tiny_gpt with its (tied) embedding scaled up: logits a few units apart, not all near 0, so that
+    temperatures change the distribution visibly."""
+    model = tiny_gpt().eval()
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(30)
+    return model
+
+
+def test_temperature_divides_the_logits():
+    logits = 3 * torch.randn(3, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for T in (0.5, 1.0, 2.0):
+        torch.testing.assert_close(next_token_probs(logits, T, None), torch.softmax(logits / T, -1), rtol=0, atol=1e-15)
+    top = logits.topk(4).indices  # top-k: softmax(logits / T) over the k largest, 0 elsewhere
+    expected = torch.zeros_like(logits).scatter(1, top, torch.softmax(logits.gather(1, top) / 2, -1))
+    torch.testing.assert_close(next_token_probs(logits, 2.0, 4), expected, rtol=0, atol=1e-15)
+
+
+def test_samples_at_temperature_2_follow_softmax_of_half_the_logits():
+    # n seeded draws of the first new token from one prompt: each token's count is binomial, so its
+    # frequency lies within 5 standard deviations, 5 sqrt(p (1 - p) / n), of p (and one count of rounding)
+    model, n = spread_gpt(), 20_000
+    idx = prompt(b=1, t=3).expand(n, 3)
+    out = model.generate(idx, 1, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=V).double() / n
+    with torch.no_grad():
+        logits = model(idx[:1])[0][0, -1].double()  # (V,)
+    bound = lambda p: 5 * (p * (1 - p) / n).sqrt() + 1 / n
+    p2 = torch.softmax(logits / 2, -1)
+    assert ((freq - p2).abs() <= bound(p2)).all()
+    p1 = torch.softmax(logits, -1)  # not vacuous: the undivided logits would fail the same bound
+    assert ((freq - p1).abs() > bound(p1)).any()
+
+
+def test_the_smallest_temperature_samples_what_greedy_decoding_picks():
+    model = spread_gpt()
+    greedy = model.generate(prompt(), 20, temperature=0)
+    coldest = model.generate(prompt(), 20, temperature=MIN_TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(coldest, greedy)
+
+
+def test_top_k_above_the_vocabulary_keeps_every_token():
+    model = tiny_gpt()
+    draws = [model.generate(prompt(), 20, top_k=k, generator=torch.Generator().manual_seed(4)) for k in (None, 10**6)]
+    assert torch.equal(*draws)
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_cached_equals_uncached_for_a_prompt_longer_than_block_size(settings):
+    cached, uncached = both_ways(tiny_gpt(), prompt(t=BLOCK + 7), 30, **settings)
+    assert cached.shape == (2, BLOCK + 37)
+    assert torch.equal(cached, uncached)
 
 
 def test_generated_ids_can_feed_a_training_step_afterwards():

@@ -229,7 +229,7 @@ def test_lora_parameters_follow_base_device_and_dtype():
     assert layer.lora_A.device == layer.base.weight.device
 
 
-def test_to_linear_holds_merged_weight_and_leaves_layer_unchanged():
+def test_to_plain_holds_merged_weight_and_leaves_layer_unchanged():
     layer = make_layer()
     perturb_b(layer)
     original = layer.base.weight.detach().clone()
@@ -240,7 +240,7 @@ def test_to_linear_holds_merged_weight_and_leaves_layer_unchanged():
     assert torch.equal(layer.base.weight, original) and not layer.merged
 
 
-def test_to_linear_keeps_the_base_weights_memory_layout():
+def test_to_plain_keeps_the_base_weights_memory_layout():
     base = nn.Linear(D_IN, D_OUT, dtype=torch.float64)
     base.weight = nn.Parameter(base.weight.detach().t().contiguous().t())  # stored (d_in, d_out), as GPT-2's Conv1D
     layer = LoRALinear(base, RANK, ALPHA)

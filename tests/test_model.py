@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from minigpt.model import GPT, GPTConfig
+import minigpt.model
+from minigpt.model import GPT, PRESETS, GPTConfig, parameter_count
 from minigpt.pretrained import load_pretrained, save_pretrained
 
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
@@ -69,6 +70,29 @@ def test_num_parameters_equals_analytic_formula(overrides):
     model = GPT(config)
     distinct = {p.data_ptr(): p.numel() for p in model.parameters()}
     assert model.num_parameters() == sum(distinct.values()) == analytic_num_parameters(config)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_count_from_the_config_alone_matches_the_built_model(preset, bias):
+    config = GPTConfig.from_preset(preset, bias=bias)
+    with torch.device("meta"):
+        model = GPT(config)
+    assert parameter_count(config) == model.num_parameters() == analytic_num_parameters(config)
+
+
+def test_a_model_larger_than_the_memory_is_refused_before_allocating(monkeypatch):
+    config = GPTConfig(vocab_size=2**40)  # 844 trillion parameters, 3.4 PB in float32
+    need = 4 * parameter_count(config)
+    with pytest.raises(ValueError, match=f"parameters need {need:,} bytes in torch.float32, more than the"):
+        GPT(config)
+    with torch.device("meta"):  # sizes only, no data: still allowed
+        assert GPT(config).num_parameters() == need // 4
+    monkeypatch.setattr(minigpt.model, "memory_bytes", lambda device: 1000)  # a machine with 1000 bytes
+    with pytest.raises(ValueError, match="more than the 1,000 bytes of memory on cpu"):
+        GPT(GPTConfig(**TINY))
+    monkeypatch.setattr(minigpt.model, "memory_bytes", lambda device: None)  # unknown: nothing is refused
+    assert GPT(GPTConfig(**TINY)).num_parameters() == parameter_count(GPTConfig(**TINY))
 
 
 def test_gpt2_small_has_124_439_808_parameters():

@@ -54,3 +54,14 @@ def test_error_figures_rank_nf4_above_int4():
     f = error_figures(numel=2**14)
     assert f["nf4_rmse"] < f["int4_rmse"] and abs(f["dq_rmse_change"]) < 0.01
     assert f["schemes"]["int8"]["weight_rmse"] == pytest.approx(f["nf4_dq_rmse"], rel=1e-12)
+
+
+def test_the_command_answers_help_and_refuses_unknown_flags(capsys):
+    from lora.quant.report import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m lora.quant.report")
+    with pytest.raises(SystemExit) as stop:
+        main(["--blocksize", "32"])  # it has no options: an argument is refused, not silently ignored
+    assert stop.value.code == 2 and "unrecognized arguments: --blocksize 32" in capsys.readouterr().err

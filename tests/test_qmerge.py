@@ -137,3 +137,23 @@ def test_requantized_merge_refuses_a_model_without_lora_over_nf4():
     with pytest.raises(ValueError, match="no LoRA layer over a LinearNF4"):
         merge_and_requantize(quantized)
     assert_unchanged(quantized, before)
+
+
+@pytest.mark.parametrize("blocksize, double_quant", [(32, False), (128, True)])
+def test_requantized_merge_keeps_the_base_blocksize_and_double_quantisation(blocksize, double_quant):
+    # neither setting is the default pair (64, double quant on); NF4(dequant(W₄) + ΔW) must be
+    # quantised exactly as the base was, code for code
+    model = tiny_gpt(0).eval()
+    quantize_model(model, targets="all-linear", blocksize=blocksize, double_quant=double_quant)
+    apply_lora(model, rank=4, alpha=8, targets="all-linear")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_B.copy_(0.05 * torch.randn(layer.lora_B.shape, generator=g))
+    expected = {n: quantize_nf4(layer.to_plain().weight, blocksize=blocksize, double_quant=double_quant)
+                for n, layer in lora_layers(model)}
+    merge_and_requantize(model)
+    for name, q in expected.items():
+        got = model.get_submodule(name).weight_q
+        assert (got.blocksize, got.double_quant) == (blocksize, double_quant), name
+        assert torch.equal(got.packed, q.packed) and torch.equal(dequantize_nf4(got), dequantize_nf4(q)), name

@@ -24,10 +24,44 @@ def test_other_running_reads_a_count_from_proc_loadavg():
     assert isinstance(n, int) and n >= 0  # 0 off Linux; on Linux the runnable count less this reader
 
 
+@pytest.mark.parametrize("runnable, others", [(1, 0), (2, 1), (5, 4)])
+def test_the_count_of_other_processes_leaves_out_the_reader(monkeypatch, tmp_path, runnable, others):
+    # /proc/loadavg's fourth field is runnable/total entities, and the process reading it is one of them
+    fake = tmp_path / "loadavg"
+    fake.write_text(f"0.52 0.58 0.59 {runnable}/467 12345\n", encoding="ascii")
+    monkeypatch.setattr(threads, "LOADAVG", str(fake))
+    assert threads.other_running() == others
+
+
+@pytest.mark.parametrize("content", ["", "0.1 0.2 0.3\n", "0.1 0.2 0.3 many/12 5\n"])
+def test_an_unreadable_loadavg_counts_no_other_processes(monkeypatch, tmp_path, content):
+    fake = tmp_path / "loadavg"
+    fake.write_text(content, encoding="ascii")
+    monkeypatch.setattr(threads, "LOADAVG", str(fake))
+    assert threads.other_running() == 0
+    monkeypatch.setattr(threads, "LOADAVG", str(tmp_path / "absent"))
+    assert threads.other_running() == 0
+
+
 def test_an_explicit_count_beats_omp_num_threads_which_beats_the_fitted_count(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert (choose_threads().threads, choose_threads().reason) == (3, "OMP_NUM_THREADS")
     assert (choose_threads(requested=2).threads, choose_threads(2).reason) == (2, "requested")
+
+
+@pytest.mark.parametrize("source", ["requested", "OMP_NUM_THREADS"])
+def test_a_count_above_the_usable_cores_is_clamped_with_a_note(monkeypatch, source):
+    # 100,000 threads would reach OpenMP's thread creation (a crash under a memory limit), so no user
+    # count may exceed the cores; torch is never told the larger number
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "100000")
+    choice = choose_threads(100000 if source == "requested" else None)
+    assert choice.threads == 2
+    assert choice.reason == f"{source} 100000, clamped to the 2 usable cores"
+    assert "clamped to the 2 usable cores" in choice.describe()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(2 if source == "requested" else None).reason == source  # at the limit: no note
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])
@@ -45,6 +79,7 @@ def test_a_bad_omp_num_threads_raises_naming_it(monkeypatch):
 def test_fitted_threads_applies_the_choice_and_restores_the_previous_count(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "usable_cores", lambda: before + 1)  # so that before + 1 is not clamped
     with fitted_threads(requested=before + 1) as choice:
         assert torch.get_num_threads() == choice.threads == before + 1
     assert torch.get_num_threads() == before

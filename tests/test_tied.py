@@ -42,3 +42,17 @@ def test_views_of_one_storage_count_as_tied():
     a.weight, b.weight = nn.Parameter(shared), nn.Parameter(shared.view(4, 3))
     model = nn.Sequential(a, b, nn.Linear(3, 3))
     assert tied_weight_groups(model) == [["0", "1"]]
+
+
+def test_parameters_over_one_storage_at_different_offsets_count_as_tied():
+    # the rule is "the same storage", not "the same first element": views that start elsewhere in the
+    # buffer (the second half, or an overlapping window) are tied to it too
+    buffer = torch.randn(8, 3)
+    a, b, c = (nn.Linear(3, 4, bias=False) for _ in range(3))
+    a.weight = nn.Parameter(buffer[:4])
+    b.weight = nn.Parameter(buffer[4:])                       # offset 12 elements
+    c.weight = nn.Parameter(buffer.view(-1)[5:17].view(4, 3))  # offset 5, overlapping both
+    assert b.weight.data_ptr() != a.weight.data_ptr() != c.weight.data_ptr()  # the offsets really differ
+    model = nn.Sequential(a, b, c, nn.Linear(3, 3))
+    assert tied_weight_groups(model) == [["0", "1", "2"]]
+    assert tied_with(model, "1") == ["0", "2"]

@@ -138,6 +138,20 @@ def test_metrics_lines_and_callback_report_every_step(tmp_path):
     assert [m["loss"] for m in lines[1:]] == res.train_losses
 
 
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    # a run to 8 steps checkpointed at 4 and stopped while logging step 6: its lines for 5, 6 and the
+    # half-written one are replaced by the resumed run's, not kept beside them
+    path = tmp_path / "metrics.jsonl"
+    cfg = TrainConfig(steps=4, lr_decay_steps=8, eval_interval=2, out=str(tmp_path), metrics_path=str(path), **FAST)
+    train(tiny_gpt(), corpus()[:2500], corpus()[2500:], cfg)
+    with path.open("a") as f:
+        f.write('{"step": 5, "loss": 9.0}\n{"step": 6, "loss": 9.0}\n{"step": 7, "lo')
+    train(tiny_gpt(), corpus()[:2500], corpus()[2500:], TrainConfig(**{**vars(cfg), "steps": 6, "resume": True}))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [m["step"] for m in lines] == [0, 1, 2, 3, 4, 5, 6]
+    assert all(m.get("loss") != 9.0 for m in lines)
+
+
 def test_result_counts_tokens_and_time():
     cfg = TrainConfig(steps=3, grad_accum_steps=2, eval_interval=0, **FAST)
     res = train(tiny_gpt(), corpus(), corpus(), cfg)

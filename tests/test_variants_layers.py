@@ -65,6 +65,19 @@ def test_dora_merged_and_unmerged_agree():
     assert_merges_keep_logits(model)
 
 
+def test_dora_unmerge_restores_the_base_weight_itself():
+    # logits cannot tell: DoRA's output g (W + ΔW) x with g = m / ‖W + ΔW‖ is the same for any positive
+    # rescaling of a row of W + ΔW, so an unmerge leaving W' − ΔW (= g (W0 + ΔW) − ΔW) keeps every logit
+    model = apply_lora(tiny_gpt().double().eval(), rank=2, alpha=4, targets="all-linear", use_dora=True)
+    perturb(model)
+    before = {n: layer.base.weight.detach().clone() for n, layer in lora_layers(model)}
+    merge_lora(model)
+    assert all((layer.base.weight - before[n]).abs().max() > 1e-3 for n, layer in lora_layers(model))  # W moved
+    unmerge_lora(model)
+    for n, layer in lora_layers(model):
+        torch.testing.assert_close(layer.base.weight, before[n], rtol=0, atol=1e-12, msg=n)
+
+
 def test_dora_norm_term_gets_no_gradient_and_magnitude_trains():
     """With the norm detached (§4.3) the gradient reaching A and B is only the one through the numerator."""
     layer = LoRALinear(nn.Linear(6, 5, dtype=torch.float64), rank=2, alpha=4, use_dora=True)

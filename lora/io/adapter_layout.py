@@ -17,7 +17,7 @@ import os
 import pathlib
 
 from lora.adapter import check_adapter_name
-from lora.io.files import check_writable, is_hidden_temporary
+from lora.io.files import check_not_read_only, is_hidden_temporary
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -82,10 +82,10 @@ def check_save_target(directory, names):
     if DEFAULT in names and (directory / DEFAULT).exists():
         raise ValueError(f"{os.fspath(directory)!r} has a {DEFAULT}/ sub-folder; adapter {DEFAULT!r} is saved at the "
                          "top, so the folder would hold it twice. Move that sub-folder away; nothing was changed")
-    check_writable(directory)
+    check_not_read_only(directory)
     for name in names:
         if name != DEFAULT:
-            check_writable(directory / name)
+            check_not_read_only(directory / name)
 
 
 def saved_adapters(directory):

@@ -28,7 +28,7 @@ def _umask():
     return umask
 
 
-def check_writable(path):
+def check_not_read_only(path):
     """Raise PermissionError if the existing folder or file `path` is read-only.
 
     A path without any write permission bit counts as read-only even for root (who may write anyway):

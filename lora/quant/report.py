@@ -10,6 +10,7 @@ Errors: Gaussian weights (the distribution NF4 is built for), NF4 against symmet
 the same blocksize, with and without double quantisation, and the three 8-bit schemes for the scales.
 """
 
+import argparse
 import dataclasses
 import math
 
@@ -114,7 +115,13 @@ def error_figures(numel=2**20, blocksize=64, seed=0):
                 int4_rmse=_rmse(int4_absmax_roundtrip(w, blocksize), w), schemes=schemes)
 
 
-def main():
+def build_parser():
+    """The command line: no options; --help says what it prints, and an unknown flag exits 2."""
+    return argparse.ArgumentParser(prog="python -m lora.quant.report", description=__doc__.split("\n")[0])
+
+
+def main(argv=None):
+    build_parser().parse_args(argv)
     print(format_memory_table([memory_row(gpt2_small_spec()), memory_row(llama2_7b_spec())]))
     f = error_figures()
     print(f"\nRound-trip RMSE on 2^20 N(0, 1) weights, blocks of 64 (seed 0): NF4 {f['nf4_rmse']:.5f}, "

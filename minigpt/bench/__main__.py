@@ -5,14 +5,18 @@ import functools
 import sys
 
 from minigpt.bench.runner import SECTIONS, BenchConfig, _default_threads, run
+from minigpt.cli import one_line_errors
+
+INTERRUPTED = "interrupted: nothing was written (the JSON file is written once, after the last section)"
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(prog="python -m minigpt.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sections", default=",".join(map(str, SECTIONS)), metavar="LIST",
                    help="comma-separated section numbers, e.g. 1,4 (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (smoke test)")
-    p.add_argument("--threads", type=int, default=_default_threads(), metavar="N", help="torch threads (default: usable cores)")
+    p.add_argument("--threads", type=int, default=_default_threads(), metavar="N",
+                   help="torch threads, at most the usable cores (default: all of them)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help="untimed calls before timing (default: 3; 1 with --quick)")
     p.add_argument("--repeats", type=int, default=None, metavar="N", help="timed repeats (default: 30; 3 with --quick)")
@@ -20,7 +24,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of model weights and batches (default: 0)")
     p.add_argument("--timeout", type=int, default=1200, metavar="S",
                    help="seconds allowed to each subprocess (default: 1200)")
-    a = p.parse_args(argv)
+    return p
+
+
+def config_from(a):
+    """The BenchConfig of parsed arguments `a`."""
     try:
         sections = tuple(int(s) for s in a.sections.split(",") if s.strip())
     except ValueError:
@@ -29,12 +37,18 @@ def parse_args(argv=None):
                        repeats=a.repeats, out=a.out, seed=a.seed, timeout=a.timeout)
 
 
+def parse_args(argv=None):
+    return config_from(build_parser().parse_args(argv))
+
+
 def main(argv=None):
-    try:
-        cfg = parse_args(argv)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    run(cfg, emit=functools.partial(print, flush=True))
+    args = build_parser().parse_args(argv)
+    with one_line_errors(INTERRUPTED):
+        cfg = config_from(args)
+        if cfg.threads < args.threads:
+            print(f"note: --threads {args.threads} is more than the {cfg.threads} usable cores; using {cfg.threads}",
+                  file=sys.stderr)
+        run(cfg, emit=functools.partial(print, flush=True))
     print(f"wrote {cfg.out}")
 
 

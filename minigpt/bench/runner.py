@@ -33,7 +33,9 @@ import torch
 from lora.checks import check_int
 from lora.io.files import atomic_write
 from minigpt.bench.harness import load_average, pinned_threads
-from minigpt.threads import wait_policy
+from minigpt.cli import check_writable
+from minigpt.threads import clamp_to_cores, wait_policy
+from minigpt.trainer import check_seed
 
 SECTIONS = {
     1: ("train_step", "minigpt.bench.train_step:run_train_step"),
@@ -55,7 +57,7 @@ def _default_threads():
 class BenchConfig:
     sections: tuple = tuple(SECTIONS)             # which sections to run, by number
     quick: bool = False                           # tiny sizes and few repeats: a smoke test, not a measurement
-    threads: int = field(default_factory=_default_threads)  # torch.set_num_threads here and in every subprocess
+    threads: int = field(default_factory=_default_threads)  # torch threads here and in every subprocess (clamped to the cores)
     warmup: int | None = None                     # untimed calls before timing; None: 1 with --quick, else 3
     repeats: int | None = None                    # timed repeats (medians); None: 3 with --quick, else 30
     out: str = "bench.json"                       # JSON file with every figure
@@ -67,14 +69,14 @@ class BenchConfig:
         bad = [s for s in self.sections if s not in SECTIONS]
         if not self.sections or bad:
             raise ValueError(f"sections={list(self.sections)}: choose from {sorted(SECTIONS)}")
-        check_int("threads", self.threads)
+        self.threads = clamp_to_cores(check_int("threads", self.threads), "threads")[0]
         if self.warmup is None:
             self.warmup = 1 if self.quick else 3
         if self.repeats is None:
             self.repeats = 3 if self.quick else 30
         check_int("warmup", self.warmup, least=0)
         check_int("repeats", self.repeats)
-        check_int("seed", self.seed, least=0)
+        check_seed("seed", self.seed)
         check_int("timeout", self.timeout)
 
 
@@ -156,8 +158,10 @@ def _import(path):
 def run(cfg, emit=print):
     """Run the chosen sections; emit each rendered section as it finishes; return the results dict.
 
-    The thread count is pinned for the run and restored afterwards.
+    The thread count is pinned for the run and restored afterwards. cfg.out is checked first: a path
+    that could not be written is refused before any section runs, not after the last.
     """
+    check_writable("out", cfg.out, folder=False)
     with pinned_threads(cfg.threads):
         meta = machine_info(cfg)
         emit(f"# minigpt benchmarks\n\nCPU: {meta['cpu']} | threads: {meta['threads']} (torch.set_num_threads) | "

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from minigpt.cli import one_line_errors
 from minigpt.device import DEVICES
 from minigpt.finetune.compare import compare_configs, run_compare
 from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
@@ -37,7 +38,8 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
                   "or a download)"),
     ("prompt", str, "sample prompt"), ("sample_tokens", int, "tokens sampled after the prompt"),
     ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default: $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
-    ("threads", int, "torch threads while training (default: $OMP_NUM_THREADS, else one per core free at the start)"),
+    ("threads", int, "torch threads while training, at most the usable cores (default: $OMP_NUM_THREADS, else one "
+                     "per core free at the start)"),
 )
 
 
@@ -64,10 +66,14 @@ def build_parser():
     return p
 
 
+INTERRUPTED = ("interrupted: every file in the run folder is whole (each is written beside its old version, then "
+               "renamed); report.json, written last, is there only when the run finished. Continue with --resume")
+
+
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     compare = args.pop("compare")
-    try:
+    with one_line_errors(INTERRUPTED):
         cfg = FinetuneConfig(**args)
         if compare:
             print(describe_compare(cfg, estimate_compare(compare_configs(cfg))), flush=True)
@@ -77,9 +83,6 @@ def main(argv=None):
             return 0
         print(describe_run(cfg, estimate(cfg)), flush=True)
         report = run_finetune(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     print(format_report(report))
     print(f"wrote {cfg.out or os.path.join('runs', 'finetune-' + report.method)}/")
     return 0

@@ -14,10 +14,14 @@ import torch
 from lora.checks import check_bool, check_choice, check_float, check_int
 from lora.config import config_from_keywords, in_our_names
 from lora.inject import plan_lora
+from minigpt.cli import check_writable
 from minigpt.device import DEVICES, pick_device
-from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text
+from minigpt.download import cache_dir
+from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text, is_cached, tiny_base_folder
 from minigpt.finetune.rundir import check_out_dir
 from minigpt.model import GPT, PRESETS
+from minigpt.threads import user_threads
+from minigpt.trainer import check_seed
 
 METHODS = ("full", "lora", "qlora")
 INITS = ("default", "gaussian", "pissa")
@@ -95,11 +99,13 @@ def _check_values(cfg):
     check_choice("base_preset", cfg.base_preset, sorted(PRESETS))
     for name in ("base_steps", "steps", "batch_size", "eval_interval", "eval_batches", "sample_tokens"):
         check_int(name, getattr(cfg, name))
-    if cfg.threads is not None:
-        check_int("threads", cfg.threads)
+    check_seed("seed", cfg.seed)
+    user_threads(cfg.threads)  # threads, and OMP_NUM_THREADS when threads is None
     if cfg.lr is not None:
         check_float("lr", cfg.lr)
     check_choice("device", cfg.device, DEVICES)
+    if cfg.data is not None and not os.path.isfile(cfg.data):
+        raise ValueError(f"data={cfg.data!r}: no such file; give a UTF-8 text file to fine-tune on")
     if not isinstance(cfg.prompt, str) or not cfg.prompt:
         raise ValueError(f"prompt={cfg.prompt!r}: give a non-empty prompt to sample from")
     check_choice("init", cfg.init, INITS)  # the fine-tune offers these three of lora.init's methods
@@ -170,4 +176,6 @@ def validate(cfg):
     cfg.__dict__["lora"] = lora  # cached_property's slot: the new config carries the checked LoraConfig, not a rebuild
     pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
     check_out_dir(cfg)
+    if cfg.base == TINY and not is_cached(tiny_base_folder(recipe_of(cfg), cfg.cache_dir)):  # pretrained, then cached
+        check_writable("cache_dir", cfg.cache_dir or cache_dir(), folder=True)
     return cfg

@@ -13,6 +13,8 @@ import shutil
 
 from lora.io.files import atomic_write
 from minigpt.checkpoint import checkpoint_path, read_checkpoint
+from minigpt.cli import check_writable
+from minigpt.metrics_log import trim_metrics_file
 
 OUTPUTS = ("config.json", "metrics.jsonl", "ckpt.pt", "adapter", "merged", "loss_curve.png", "model.json",
            "report.json")
@@ -25,10 +27,11 @@ def _result_fields(cfg):
 
 
 def check_out_dir(cfg):
-    """Refuse an --out that holds something other than this run (unless cfg.overwrite)."""
+    """Refuse an --out that holds something other than this run (unless cfg.overwrite), or that could not be written."""
     out = pathlib.Path(cfg.out)
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    check_writable("out", cfg.out, folder=True)  # under a regular file, or in a place that cannot be written
     if not out.exists() or cfg.overwrite:
         return
     if not out.is_dir():
@@ -57,44 +60,15 @@ def clear_outputs(out):
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
-def _metric_step(line):
-    """The "step" of one metrics line, or None if the line is not a JSON object with an integer step."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    step = record.get("step") if isinstance(record, dict) else None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
-
-
 def trim_metrics(out):
-    """On resume: keep the metric lines up to the checkpoint's step, so none is written twice.
+    """On resume: keep the metric lines of out/metrics.jsonl up to the checkpoint's step, so none is
+    written twice (minigpt.metrics_log.trim_metrics_file); returns that step, 0 without a checkpoint.
 
-    A crash while a line was being written is exactly when a run is resumed, so a last line that does
-    not parse is dropped. A bad line anywhere else means the file is damaged: refused, not skipped.
     Raises:
-        ValueError: a line other than the last is not a JSON object with an integer "step" (the
-            message names the file and the line number).
+        ValueError: a line other than the last is not a JSON object with an integer "step".
     """
-    metrics = out / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0
     step = read_checkpoint(out)["step"] if os.path.isfile(checkpoint_path(out)) else 0
-    try:
-        text = metrics.read_text(encoding="utf-8")
-    except UnicodeDecodeError:  # a torn multi-byte character can only be at the end; decode leniently
-        text = metrics.read_bytes().decode("utf-8", errors="replace")
-    lines = [(i, ln) for i, ln in enumerate(text.split("\n"), 1) if ln.strip()]
-    steps = [_metric_step(ln) for _, ln in lines]
-    if steps and steps[-1] is None:
-        lines, steps = lines[:-1], steps[:-1]  # half-written when the run stopped
-    for (number, line), s in zip(lines, steps, strict=True):
-        if s is None:
-            raise ValueError(f"{metrics}: line {number} is not a JSON object with an integer 'step': {line[:80]!r}; "
-                             "fix or remove the file to resume")
-    kept = [ln for (_, ln), s in zip(lines, steps, strict=True) if s <= step]
-    with atomic_write(metrics, "w") as f:
-        f.write("".join(ln + "\n" for ln in kept))
+    trim_metrics_file(out / "metrics.jsonl", step)
     return step
 
 

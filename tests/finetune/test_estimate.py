@@ -30,6 +30,7 @@ def test_header_names_method_device_threads_and_estimate(tmp_path):
     line = describe_run(cfg, {"pretrain": 30.0, "finetune": 150.0, "total": 180.0, "cached": False})
     assert "\n" not in line and "qlora r=2" in line and "pretrained first, 40 steps: about 30 s" in line
     assert "on tiny Shakespeare" in line and f"on cpu, threads: {threads_header(cfg.threads)};" in line
+    (tmp_path / "play.txt").write_text("ROMEO: good night\n" * 50, encoding="utf-8")  # validate checks it exists
     assert "on play.txt:" in describe_run(_cfg(tmp_path, data=str(tmp_path / "play.txt")), {**dict.fromkeys(
         ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3 min" in line and "estimate" in line
 

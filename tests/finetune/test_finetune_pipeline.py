@@ -97,6 +97,17 @@ def test_lora_trains_r_times_din_plus_dout_per_layer(runs):
     assert saved > 0.8 * 4 * 12 * C * C * n_layer
 
 
+def test_trainable_percent_is_100_times_trainable_over_total(runs):
+    # counted apart from the report: the base's own parameters, and r (d_in + d_out) per adapted layer
+    C, n_layer, rank = 16, 2, 4
+    base = load_pretrained(runs["lora"][1].base_path).num_parameters()
+    lora = runs["lora"][1]
+    assert (lora.trainable_params, lora.total_params) == (rank * 16 * C * n_layer, base + rank * 16 * C * n_layer)
+    assert lora.trainable_percent == pytest.approx(100 * lora.trainable_params / lora.total_params, rel=1e-12)
+    assert 1 < lora.trainable_percent < 100  # a fraction in percent: neither the ratio itself nor trainable / frozen
+    assert runs["full"][1].trainable_percent == 100.0
+
+
 def test_base_is_pretrained_once_then_cached(runs):
     cached = [runs[m][1].base_cached for m in METHODS]
     assert cached == [False, True, True]
@@ -214,7 +225,9 @@ def test_out_holding_another_run_is_refused(runs):
 
 
 def test_cli_prints_one_line_and_exits_2_on_bad_input(capsys):
-    assert main(["--method", "sft"]) == 2
+    with pytest.raises(SystemExit) as stop:
+        main(["--method", "sft"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "method='sft'" in err
 
