@@ -23,7 +23,8 @@ A claim is {"doc", "notebook", "output", "quote"}: `output` is a regular express
 notebook's outputs (stream text, text/plain and text/markdown), whose named groups are the numbers;
 `quote` is the text the doc holds, with {name} or {name:.2f} fields filled from those groups
 ("minus": "−" writes negative numbers with a minus sign instead of a hyphen; "from": "solutions" reads
-the worked solutions' saved output instead). A doc is README.md, a file under docs/ or a notebook (its
+the worked solutions' saved output instead; "rewrite": false marks a quote that comes from another
+command, which the refresh only checks, and "remedy" says how to measure it again). A doc is README.md, a file under docs/ or a notebook (its
 markdown cells). A notebook that fails keeps its committed file,
 and its claims are left as they were; the command then exits with status 1.
 """
@@ -81,7 +82,10 @@ class _QuoteFormatter(string.Formatter):
 
     def format_field(self, value, spec):
         if spec:
-            value = float(value.replace(",", "").replace("−", "-"))
+            try:
+                value = float(value.replace(",", "").replace("−", "-"))
+            except ValueError:
+                raise ClaimError(f"{value!r} is where the claim reads a number") from None
         return format(value, spec)
 
 
@@ -151,12 +155,14 @@ def check_claim(claim, outputs, text):
     try:
         expected = render(claim, claim_values(claim, outputs))
     except ClaimError as e:
-        return f"{claim['doc']}: {e}"
+        where = "" if str(e).startswith("notebook") else f"notebook {claim['notebook']}: "
+        return f"{claim['doc']}: {where}{e}"
     if expected in text:
         return None
     found = re.findall(quote_pattern(claim), text)
     now = f"it says {found[0]!r}" if found else "the quote is not there at all"
-    return f"{claim['doc']} should say {expected!r} (notebook {claim['notebook']}'s outputs); {now}"
+    remedy = f"; {claim['remedy']}" if claim.get("remedy") else ""
+    return f"{claim['doc']} should say {expected!r} (notebook {claim['notebook']}'s outputs); {now}{remedy}"
 
 
 def load_claims(path=CLAIMS):
@@ -219,7 +225,7 @@ def apply_claims(claims, notebooks=None):
 
     by_doc, problems = {}, []
     for c in claims:
-        if notebooks is not None and c["notebook"] not in notebooks:
+        if notebooks is not None and c["notebook"] not in notebooks or c.get("rewrite") is False:
             continue
         try:
             new = render(c, claim_values(c, claim_outputs(c)))
@@ -347,7 +353,7 @@ def _cell_text(cell):
             parts.append(out.get("text", ""))
         elif out.get("output_type") == "error":
             parts.append(f"ERROR {out.get('ename')}: {out.get('evalue')}\n")
-        elif "data" in out:
+        elif "data" in out and "image/png" not in out["data"]:  # a figure's text is only its repr
             parts.append(out["data"].get("text/markdown") or out["data"].get("text/plain", ""))
     return "".join(parts)
 
@@ -368,6 +374,65 @@ def write_solution_outputs(stem, snippets, outputs):
     for i, (code, out) in enumerate(zip(snippets, outputs, strict=True), 1):
         parts.append(f"\n## snippet {i}: {code.strip().splitlines()[0]}\n{out}")
     (SOLUTION_OUTPUTS / f"{stem}.txt").write_text("".join(parts), encoding="utf-8")
+
+
+def saved_solution_outputs(stem):
+    """{snippet number (1-based): what it printed} from tests/fixtures/solution_outputs/<stem>.txt."""
+    path = SOLUTION_OUTPUTS / f"{stem}.txt"
+    if not path.is_file():
+        raise ClaimError(f"no {path.relative_to(ROOT)}: run python notebooks/refresh.py --only {stem[:2]} --solutions")
+    parts = re.split(r"^## snippet (\d+): .*\n", path.read_text(encoding="utf-8"), flags=re.M)
+    return {int(n): out for n, out in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def printed_blocks(text=None):
+    """The ```text blocks of the worked solutions that show what a snippet printed: one after a snippet,
+    before the next snippet or section. Returns [(stem, snippet number, start, end)], start:end the
+    block's content in docs/exercises.md."""
+    text = EXERCISES.read_text(encoding="utf-8") if text is None else text
+    offset = text.index("\n# Worked solutions") if "\n# Worked solutions" in text else 0
+    stems = {s[:2]: s for s in (p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))}
+    blocks = []
+    for section in re.finditer(r"^## (\d\d) .*?(?=^## |\Z)", text[offset:], re.M | re.S):
+        stem, base = stems.get(section.group(1)), offset + section.start()
+        fences = list(re.finditer(r"```(python|text)\n(.*?)```", section.group(), re.S))
+        k = 0
+        for i, f in enumerate(fences):
+            if f.group(1) == "python":
+                k += 1
+            elif k and stem and fences[i - 1].group(1) == "python":
+                blocks.append((stem, k, base + f.start(2), base + f.end(2)))
+    return blocks
+
+
+def check_printed(text=None):
+    """Problems with the printed blocks: each must be what its snippet printed at the last --solutions run."""
+    text = EXERCISES.read_text(encoding="utf-8") if text is None else text
+    problems = []
+    for stem, k, start, end in printed_blocks(text):
+        try:
+            printed = saved_solution_outputs(stem).get(k)
+        except ClaimError as e:
+            problems.append(f"docs/exercises.md: {e}")
+            continue
+        if printed is None or printed.strip() != text[start:end].strip():
+            problems.append(f"docs/exercises.md: the printed block after snippet {k} of {stem}'s solutions is not "
+                            f"what the snippet printed:\n{text[start:end].strip()}\n--- printed ---\n{(printed or '').strip()}")
+    return problems
+
+
+def apply_printed(stems):
+    """Rewrite the printed blocks of the notebooks `stems` from their saved solution outputs."""
+    text = original = EXERCISES.read_text(encoding="utf-8")
+    for stem, k, start, end in reversed(printed_blocks(text)):
+        if stem in stems:
+            printed = saved_solution_outputs(stem).get(k)
+            if printed is not None:
+                text = text[:start] + printed.strip("\n") + "\n" + text[end:]
+    if text != original:
+        EXERCISES.write_text(text, encoding="utf-8")
+        return True
+    return False
 
 
 def duration(seconds):
@@ -500,7 +565,7 @@ def main(argv=None):
     stems, chosen = select(args.only)
 
     if args.check:
-        problems = check_claims(claims)
+        problems = check_claims(claims) + check_printed()
         print("\n".join(problems) if problems else f"all {len(claims)} quoted numbers agree with the committed outputs")
         return 1 if problems else 0
 
@@ -541,10 +606,12 @@ def main(argv=None):
             write_times(measured, args.threads, stems)
 
     ran = set(chosen) - set(failed) if not args.docs_only else None
+    if (args.solutions or args.docs_only) and apply_printed(set(stems) if ran is None else ran):
+        print("rewrote the printed blocks of docs/exercises.md's worked solutions")
     changed, problems = apply_claims(claims, ran)
     for doc in changed:
         print(f"rewrote the quoted numbers in {doc}")
-    problems += check_claims(claims)
+    problems += check_claims(claims) + check_printed()
     for p in problems:
         print(f"claim: {p}")
     if failed:

@@ -27,8 +27,9 @@ RUN_TIME = re.compile(r"\b\d+(?:\.\d+)?(?:\s*(?:-|to|–)\s*\d+(?:\.\d+)?)?[\s-]
                       r"|\b(?:a|an|one)[- ](?:minute|hour)\b|\bhours\b", re.I)
 
 
-def outputs_of(stem):
-    return refresh.output_text(nbformat.read(refresh.notebook_path(stem), as_version=4))
+def outputs_of(claim):
+    """The text the claim reads: its notebook's committed outputs, or what its worked solutions printed."""
+    return refresh.claim_outputs(claim)
 
 
 def claim_id(c):
@@ -45,14 +46,14 @@ def test_the_claims_name_docs_and_notebooks_that_exist():
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[claim_id(c) for c in CLAIMS])
 def test_every_quoted_number_is_in_the_notebooks_committed_outputs(claim):
-    problem = refresh.check_claim(claim, outputs_of(claim["notebook"]), refresh.doc_text(claim["doc"]))
+    problem = refresh.check_claim(claim, outputs_of(claim), refresh.doc_text(claim["doc"]))
     assert problem is None, problem + " (python notebooks/refresh.py --docs-only rewrites it from the outputs)"
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=[claim_id(c) for c in CLAIMS])
 def test_a_quoted_number_that_drifts_is_caught(claim):
     # plant the defect: one digit of the quote's first number changed, in the doc, then in the outputs
-    outputs, text = outputs_of(claim["notebook"]), refresh.doc_text(claim["doc"])
+    outputs, text = outputs_of(claim), refresh.doc_text(claim["doc"])
     values = refresh.claim_values(claim, outputs)
     expected = refresh.render(claim, values)
     start, end = refresh.field_spans(claim, values)[0]
@@ -98,3 +99,25 @@ def test_every_notebook_has_a_row_in_the_course_guides_time_table():
     assert not missing, f"docs/README.md's time table has no row for {missing}: python notebooks/refresh.py --only ..."
     for stem in (p.stem for p in NOTEBOOKS):
         assert refresh.parse_duration(rows[stem][1]) is not None, f"{stem}: full mode {rows[stem][1]!r} is not a time"
+
+
+BLOCKS = refresh.printed_blocks()
+
+
+@pytest.mark.parametrize("stem,snippet,start,end", BLOCKS, ids=[f"{b[0][:2]}-snippet{b[1]}" for b in BLOCKS])
+def test_every_printed_block_of_the_worked_solutions_is_what_its_snippet_printed(stem, snippet, start, end):
+    text = refresh.EXERCISES.read_text(encoding="utf-8")
+    printed = refresh.saved_solution_outputs(stem).get(snippet)
+    assert printed is not None and printed.strip() == text[start:end].strip(), (
+        f"docs/exercises.md shows after snippet {snippet} of {stem}'s solutions what it no longer prints; "
+        f"python notebooks/refresh.py --only {stem[:2]} --solutions (or --docs-only) rewrites it")
+
+
+def test_a_printed_block_that_drifts_is_caught():
+    assert BLOCKS, "the worked solutions show no printed block"
+    text = refresh.EXERCISES.read_text(encoding="utf-8")
+    assert not refresh.check_printed(text)
+    stem, snippet, start, end = BLOCKS[0]
+    i = max(j for j in range(start, end) if text[j].isdigit())
+    drifted = text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]
+    assert any(f"snippet {snippet} of {stem}" in p for p in refresh.check_printed(drifted))
