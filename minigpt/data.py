@@ -16,6 +16,7 @@ import torch
 from lora.checks import check_float, check_int
 from minigpt.download import DownloadError, cache_dir, data_dir, sha256_file
 from minigpt.download import download as download_file
+from minigpt.token_ids import check_token_ids
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -103,7 +104,7 @@ def split_train_val(ids, train_frac=0.9):
     return ids[:n], ids[n:]
 
 
-def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
+def get_batch(data, batch_size, block_size, generator=None, device="cpu", vocab_size=None):
     """B random windows of T+1 tokens from `data`: inputs x and next-token targets y = x shifted by one.
 
     Offsets are drawn uniformly from [0, N - T) with `generator` (a CPU torch.Generator), as nanoGPT's
@@ -114,10 +115,12 @@ def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
         batch_size, block_size: B and T.
         generator: optional torch.Generator for the offsets.
         device: where x and y are put.
+        vocab_size: if given, every id of the batch must be in [0, vocab_size) (minigpt.token_ids),
+            checked on `data`'s device before the copy: the one place a training step's ids are read.
     Returns:
         (x, y): two (B, T) int64 tensors with y[:, t] == x[:, t + 1] for t < T - 1.
     Raises:
-        ValueError: non-positive sizes, or data too short for one window.
+        ValueError: non-positive sizes, data too short for one window, or an id outside the vocabulary.
     """
     check_int("batch_size", batch_size)
     check_int("block_size", block_size)
@@ -129,5 +132,7 @@ def get_batch(data, batch_size, block_size, generator=None, device="cpu"):
     ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
     window = data[offsets].long()  # (B, T+1)
+    if vocab_size is not None:
+        check_token_ids(window, vocab_size, "data")
     x, y = window[:, :-1], window[:, 1:]  # (B, T) each, y one token ahead of x
     return x.contiguous().to(device), y.contiguous().to(device)

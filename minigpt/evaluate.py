@@ -26,7 +26,8 @@ def estimate_loss(model, data, cfg):
     try:
         total = 0.0
         for _ in range(cfg.eval_batches):
-            x, y = get_batch(data, cfg.batch_size, block, generator=generator, device=device)
+            x, y = get_batch(data, cfg.batch_size, block, generator=generator, device=device,
+                             vocab_size=raw.config.vocab_size)
             with autocast(device):
                 total += model(x, y)[1].item()
     finally:

@@ -19,21 +19,20 @@ import torch.nn.functional as F
 
 from lora.checks import check_bool, check_float, check_int
 from minigpt.kv_cache import KVCache, window_start
+from minigpt.token_ids import check_token_ids
 
 
 def check_prompt(idx, vocab_size):
     """idx must be a (B, T) tensor of int64/int32 token ids in [0, vocab_size), with B, T >= 1."""
     if not isinstance(idx, torch.Tensor):
-        raise TypeError(f"idx must be a (B, T) tensor of token ids, got {type(idx).__name__}")
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got {type(idx).__name__}")
     if idx.dtype not in (torch.long, torch.int32):
-        raise TypeError(f"idx must hold int64 or int32 token ids, got dtype {idx.dtype}")
+        raise ValueError(f"idx must hold int64 or int32 token ids, got dtype {idx.dtype}")
     if idx.dim() != 2:
         raise ValueError(f"idx must be a (B, T) tensor of token ids, got shape {tuple(idx.shape)}")
     if idx.size(0) == 0 or idx.size(1) == 0:
         raise ValueError(f"idx has shape {tuple(idx.shape)}: give at least one prompt of at least one token")
-    lo, hi = int(idx.min()), int(idx.max())
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab_size})")
+    check_token_ids(idx, vocab_size, "idx")
 
 
 # The smallest temperature above 0. Sampling divides float32 logits by it, and below about 1e-38 /

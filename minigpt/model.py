@@ -2,10 +2,8 @@
 
 Module names are exactly GPT-2's (transformer.wte, transformer.h.0.attn.c_attn, ...), so real GPT-2
 weights load with a transpose of the Conv1D matrices and LoRA targets/adapter keys line up with PEFT's.
-Unlike GPT-2's Conv1D, every projection here is an nn.Linear, so its weight is (d_out, d_in). In memory
-the blocks' weights keep Conv1D's order, (d_in, d_out) row by row, seen through a transpose, and so
-does the token embedding (transposed_storage): the values, shapes and names are nn.Linear's and
-nn.Embedding's, only the strides differ.
+Unlike GPT-2's Conv1D, every projection here is an nn.Linear, so its weight is (d_out, d_in); in
+memory the blocks' weights keep Conv1D's order (see Note: Weight layout in minigpt/weight_layout.py).
 
 Shape legend:
     B  batch size            T  sequence length (<= block_size)
@@ -24,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from lora.checks import check_bool, check_float, check_int
 from minigpt import generation
 from minigpt.device import memory_bytes
+from minigpt.weight_layout import store_gpt_weights_transposed
 
 
 @dataclass
@@ -91,32 +90,13 @@ def check_allocatable(config):
                          f"of memory on {device.type}; choose smaller sizes")
 
 
-def transposed_storage(module):
-    """Store module.weight transposed: the same (n, m) values and shape, held in memory as the (m, n)
-    matrix (strides (1, n)). Returns the module.
-
-    Why: generation at batch 1 multiplies one vector by every weight per token, x·Wᵀ, reading all of
-    W from memory each time, and on the CPU we measured this product is faster when W is stored as
-    Wᵀ, in the order x·Wᵀ reads it. For the blocks' nn.Linear weights that is GPT-2's own Conv1D
-    layout (d_in, d_out); for the token embedding it serves the tied output head, the largest product
-    (768 x 50257 in GPT-2 small). Measured: GPT-2-small-shaped greedy decoding, batch 1, one thread,
-    went from 31 to 38 tokens/s; a full fine-tuning step of GPT-2 small takes about 10% longer (the
-    embedding's gradient), the tiny model's step as long as before (docs/results.md). Gradients
-    arrive in the same layout (a matmul's backward follows its input's strides), and in-place
-    updates (init, optimizer steps, loading's copy_, merges) keep it.
-    """
-    w = module.weight
-    module.weight = nn.Parameter(w.detach().t().contiguous().t(), requires_grad=w.requires_grad)  # strides (1, n)
-    return module
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head, self.dropout = config.n_head, config.dropout
         # q, k, v fused, as in GPT-2
-        self.c_attn = transposed_storage(nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias))
-        self.c_proj = transposed_storage(nn.Linear(config.n_embd, config.n_embd, bias=config.bias))
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cache=None):
@@ -138,9 +118,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         C = config.n_embd
-        self.c_fc = transposed_storage(nn.Linear(C, 4 * C, bias=config.bias))  # (B, T, C) -> (B, T, 4C)
+        self.c_fc = nn.Linear(C, 4 * C, bias=config.bias)  # (B, T, C) -> (B, T, 4C)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation of GELU
-        self.c_proj = transposed_storage(nn.Linear(4 * C, C, bias=config.bias))  # (B, T, 4C) -> (B, T, C)
+        self.c_proj = nn.Linear(4 * C, C, bias=config.bias)  # (B, T, 4C) -> (B, T, C)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -171,13 +151,14 @@ class GPT(nn.Module):
         self.config = config
         self.gradient_checkpointing = False  # recompute each block's activations in backward to save memory
         self.transformer = nn.ModuleDict(dict(
-            wte=transposed_storage(nn.Embedding(config.vocab_size, config.n_embd)),
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        store_gpt_weights_transposed(self)  # GPT-2's Conv1D order in memory; see Note: Weight layout
         # weight tying (Press & Wolf, 2017), as in GPT-2: the output head reuses the token embedding
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -207,13 +188,12 @@ class GPT(nn.Module):
         Targets equal to -1 are ignored by the loss (padding, or positions with no next token).
         Raises:
             ValueError: idx or targets not a (B, T) integer tensor, targets of another shape than idx,
-                T of 0 or above block_size, an id outside [0, vocab_size) (targets: or -1), or
-                targets that are all -1 (a mean over no tokens). The range checks read the ids back,
-                so compiled code skips them.
+                or T of 0 or above block_size. Ids in [0, vocab_size) are the caller's promise, kept
+                where ids enter (minigpt.token_ids): get_batch, generate and the evaluator check them.
         """
         self._check_ids(idx, "idx")
         if targets is not None:
-            self._check_ids(targets, "targets", ignore=-1, like=idx)
+            self._check_ids(targets, "targets", like=idx)
             targets = targets.long()  # cross_entropy wants int64 class indices
         B, T = idx.shape
         pos = torch.arange(T, device=idx.device)  # (T,)
@@ -230,28 +210,22 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def _check_ids(self, idx, name, ignore=None, like=None):
-        """idx must be a (B, T) int64/int32 tensor (of `like`'s shape) with ids in [0, V), or == `ignore`."""
+    def _check_ids(self, idx, name, like=None):
+        """idx must be a (B, T) int64/int32 tensor (of `like`'s shape) with 1 <= T <= block_size.
+
+        The ids' values are not read here (a host sync on every step): they are checked where they
+        enter, by minigpt.token_ids.check_token_ids (generate, get_batch, the evaluator).
+        """
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int32):
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"{name} must be a (B, T) tensor of int64 token ids, got {got}")
         if like is not None and idx.shape != like.shape:
             raise ValueError(f"{name} shape {tuple(idx.shape)} must equal idx shape {tuple(like.shape)}")
-        T, V = idx.size(1), self.config.vocab_size
+        T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"{name}: sequence length {T} exceeds block_size {self.config.block_size}")
         if T == 0:
             raise ValueError(f"{name} of shape {tuple(idx.shape)} holds no tokens; give at least one per row")
-        # reading min/max back is a host sync and a torch.compile graph break, so compiled code skips it
-        # (an out-of-range id then fails inside the embedding instead, with a less helpful message)
-        if idx.numel() and not torch.compiler.is_compiling():
-            lo, hi = int(idx.min()), int(idx.max())
-            if hi == ignore:
-                raise ValueError(f"{name}: every entry is {ignore} (ignored), so the mean loss is over no tokens")
-            if (lo < 0 and lo != ignore) or hi >= V:
-                bad = hi if hi >= V else lo
-                allowed = f"[0, {V})" + ("" if ignore is None else f" or {ignore} (ignored)")
-                raise ValueError(f"{name}: token id {bad} is outside the vocabulary {allowed}")
 
     def forward_cached(self, idx, cache):
         """Generation's forward: (B, T) new ids at positions cache.length... -> logits (B, V) of the last one.
@@ -280,8 +254,7 @@ class GPT(nn.Module):
         call and returned to its previous mode afterwards.
 
         Raises:
-            TypeError: idx is not a tensor of int64/int32 token ids.
-            ValueError: idx not (B, T) with B, T >= 1, an id outside the vocabulary, or a bad setting
+            ValueError: idx not a tensor of int64/int32 token ids, not (B, T) with B, T >= 1, an id outside the vocabulary, or a bad setting
                 (max_new_tokens < 0, temperature < 0, not finite or in (0, 1e-6), top_k < 1,
                 window_keep outside [1, block_size], a generator that is not a torch.Generator on
                 idx's device type), each named, before the first forward pass.

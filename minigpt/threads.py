@@ -7,7 +7,7 @@ worker that shares a core with it, and the spinning workers take time slices fro
 training step on 2 cores beside busy processes went from about 0.05 s to 2 to 4 s (docs/results.md).
 Two remedies:
 
-- a short spin: idle workers spin for 1,000 spins (about 10 µs) and then sleep. Back-to-back parallel
+- a short spin (Note: OpenMP wait policy): idle workers spin for 1,000 spins (about 10 µs) and then sleep. Back-to-back parallel
   regions still find their workers awake, so an idle machine keeps its speed, and a worker that has
   to share its core sleeps instead of taking the other process's time slices. Sleeping at once
   (OMP_WAIT_POLICY=PASSIVE) copes as well with competition, but measured 27 to 39% slower on an idle

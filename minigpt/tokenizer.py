@@ -39,19 +39,19 @@ def _as_ids(ids):
     """
     if isinstance(ids, torch.Tensor):
         if ids.dim() != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TypeError(f"expected a 1-D integer tensor of ids, got shape {tuple(ids.shape)} {ids.dtype}")
+            raise ValueError(f"expected a 1-D integer tensor of ids, got shape {tuple(ids.shape)} {ids.dtype}")
         return ids.tolist()
     if not isinstance(ids, (list, tuple, range)):
-        raise TypeError(f"ids must be a list or tuple of ints or a 1-D integer tensor, got {type(ids).__name__}")
+        raise ValueError(f"ids must be a list or tuple of ints or a 1-D integer tensor, got {type(ids).__name__}")
     for i in ids:
         if not isinstance(i, numbers.Integral) or isinstance(i, bool):
-            raise TypeError(f"token id {i!r} is a {type(i).__name__}; ids are integers")
+            raise ValueError(f"token id {i!r} is a {type(i).__name__}; ids are integers")
     return [int(i) for i in ids]
 
 
 def _check_text(text):
     if not isinstance(text, str):
-        raise TypeError(f"encode needs a str, got {type(text).__name__}: {text!r:.80}")
+        raise ValueError(f"encode needs a str, got {type(text).__name__}: {text!r:.80}")
     return text
 
 

@@ -138,7 +138,7 @@ class NonFiniteLossError(ValueError):
     """The loss or the gradient norm of a step is NaN or inf; training stopped before that step's update."""
 
 
-def _optimizer_step(fwd, optimizer, data, generator, cfg, device, step=0):
+def _optimizer_step(fwd, optimizer, data, generator, cfg, device, step=0, vocab_size=None):
     """One optimizer step on a fresh global batch; returns its mean loss over all processes.
 
     Raises:
@@ -146,7 +146,8 @@ def _optimizer_step(fwd, optimizer, data, generator, cfg, device, step=0):
             parameters are left as they were before this step.
     """
     (rank, world), k = rank_world(), cfg.grad_accum_steps
-    x, y = get_batch(data, cfg.batch_size * k, cfg.block_size, generator=generator, device=device)  # (B*k, T)
+    x, y = get_batch(data, cfg.batch_size * k, cfg.block_size, generator=generator, device=device,
+                     vocab_size=vocab_size)  # (B*k, T)
     share = x.size(0) // world  # this process's contiguous slice of the global batch
     x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]  # (B*k/W, T)
     total = torch.zeros((), device=device)
@@ -209,6 +210,7 @@ class _Run:
             self.fwd = DistributedDataParallel(self.compiled, device_ids=ids)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        self.vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)  # get_batch checks the ids
         self.was_training = model.training
         model.train()
         self.bar = tqdm(total=cfg.steps, initial=self.start, disable=not (cfg.progress and rank == 0), unit="step",
@@ -226,7 +228,8 @@ class _Run:
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr / cfg.lr
         t0 = time.perf_counter()
-        loss = _optimizer_step(self.fwd, self.optimizer, train_data, self.generator, cfg, self.device, step)
+        loss = _optimizer_step(self.fwd, self.optimizer, train_data, self.generator, cfg, self.device, step,
+                               vocab_size=self.vocab_size)
         dt = time.perf_counter() - t0
         self.step_time += dt
         tokens = cfg.batch_size * cfg.grad_accum_steps * cfg.block_size

@@ -177,8 +177,8 @@ def test_zero_new_tokens_returns_the_prompt_and_training_mode_is_restored():
     (dict(window_keep=BLOCK + 1), ValueError, "window_keep=17"),
     (dict(idx=torch.zeros((1, 0), dtype=torch.long)), ValueError, "at least one token"),
     (dict(idx=torch.zeros(4, dtype=torch.long)), ValueError, r"shape \(4,\)"),
-    (dict(idx=torch.zeros((1, 4))), TypeError, "torch.float32"),
-    (dict(idx=[[1, 2]]), TypeError, "list"),
+    (dict(idx=torch.zeros((1, 4))), ValueError, "torch.float32"),
+    (dict(idx=[[1, 2]]), ValueError, "list"),
     (dict(idx=torch.tensor([[1, V]])), ValueError, f"token id {V}"),
     (dict(idx=torch.tensor([[-1, 2]])), ValueError, "token id -1"),
 ])
