@@ -31,3 +31,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Every test starts from torch.manual_seed(0): one seed for the whole suite, so any test can be run alone."""
+    torch.manual_seed(0)

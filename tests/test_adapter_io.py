@@ -28,11 +28,6 @@ TINY_GPT2 = dict(vocab_size=100, block_size=32, n_layer=2, n_head=2, n_embd=32) 
 PEFT_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 class TwoLayer(nn.Module):
     def __init__(self):
         super().__init__()

@@ -28,11 +28,6 @@ from lora.io.adapter_layout import saved_adapters
 from lora.io.safetensors_io import load_file, save_file, serialize
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -338,7 +333,6 @@ def test_unknown_adapter_name_in_save_raises(tmp_path):
     with pytest.raises(ValueError, match=r"unknown adapter 'nope'; the model has \['default', 'other'\]"):
         save_adapter(two_adapters(), tmp_path / "ad", adapter_name="nope")
     assert not (tmp_path / "ad").exists()
-
 
 
 def test_deleting_the_active_adapter_of_three_or_more_activates_the_first_remaining_one():

@@ -33,11 +33,6 @@ COMBINATIONS = {  # as make_peft_multi_fixture.py made them in PEFT
 }
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 class Net(nn.Module):
     def __init__(self):
         super().__init__()

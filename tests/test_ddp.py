@@ -8,22 +8,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from minigpt.model import GPT, GPTConfig
+from helpers import corpus, tiny_gpt
 from minigpt.trainer import TrainConfig, train
 
-V, WORLD = 64, 2
+WORLD = 2
 # global micro-batch 4 (2 per process), 2 micro-steps per optimizer step
 CFG = dict(steps=4, batch_size=4, grad_accum_steps=2, block_size=16, eval_interval=0, eval_batches=2,
            warmup_steps=1, lr=1e-2, min_lr=1e-3, progress=False)
-
-
-def corpus(n=3000):
-    return (torch.arange(n) * 7 % V).long()
-
-
-def tiny_gpt():
-    torch.manual_seed(0)
-    return GPT(GPTConfig.from_preset("test"))
 
 
 def _worker(rank, init_file, out_dir):

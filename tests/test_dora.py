@@ -2,7 +2,6 @@
 
 import pathlib
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -18,11 +17,6 @@ from lora.io.safetensors_io import load_file
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_variants" / "dora_layer.safetensors"
 D_IN, D_OUT, R, S = 6, 5, 2, 1.5
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
 
 
 def layer(dtype=torch.float64):

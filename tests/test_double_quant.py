@@ -14,11 +14,6 @@ from lora.quant.double_quant import (
 from lora.quant.nf4 import block_absmax
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def gaussian_absmax(n_weights=2**18):
     return block_absmax(torch.randn(n_weights), 64)
 

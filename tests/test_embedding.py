@@ -13,11 +13,6 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 V, C, R = 20, 8, 3
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def make(**kw):
     return LoRAEmbedding(nn.Embedding(V, C, dtype=torch.float64, **kw), rank=R, alpha=6)
 

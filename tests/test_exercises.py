@@ -28,11 +28,6 @@ D_IN, D_OUT, R, ALPHA = 12, 10, 4, 8.0
 f64 = dict(dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def gap(a, b):
     return (torch.as_tensor(a, **f64) - torch.as_tensor(b, **f64)).abs().max().item()
 

@@ -13,11 +13,6 @@ from lora.quant.qpissa import pissa_quantization_error
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "peft_variants" / "pissa_init.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def test_default_init_is_uniform_within_kaiming_bound_and_b_zero():
     A, B = default_init(8, 400, 30, generator=torch.Generator().manual_seed(1))
     bound = 1 / math.sqrt(400)  # kaiming_uniform(a=√5): U(−1/√d_in, 1/√d_in)

@@ -15,11 +15,6 @@ from minigpt.model import GPT, GPTConfig
 D, VOCAB = 8, 10
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 class Block(nn.Module):
     def __init__(self, d):
         super().__init__()

@@ -12,11 +12,6 @@ from lora.layer import LoRALinear
 D_IN, D_OUT, RANK, ALPHA = 12, 10, 4, 8
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def make_layer(dtype=torch.float64, dropout=0.0, bias=True, use_rslora=False):
     return LoRALinear(nn.Linear(D_IN, D_OUT, bias=bias, dtype=dtype), RANK, ALPHA, dropout, use_rslora)
 

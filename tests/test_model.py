@@ -12,11 +12,6 @@ from minigpt.pretrained import load_pretrained, save_pretrained
 TINY = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def tiny_model(**overrides):
     return GPT(GPTConfig(**{**TINY, **overrides})).eval()
 

@@ -32,11 +32,6 @@ LEVELS = nf4_codebook()
 HALF_MAX_GAP = ((LEVELS[1:] - LEVELS[:-1]).max() / 2).item()
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def roundtrip(w, **kw):
     return dequantize_nf4(quantize_nf4(w, **kw))
 

@@ -20,11 +20,6 @@ from minigpt.model import GPT, GPTConfig
 D_IN, D_OUT = 128, 48
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def make_layer(bias=True, double_quant=True, **kw):
     linear = nn.Linear(D_IN, D_OUT, bias=bias)
     return linear, LinearNF4.from_linear(linear, double_quant=double_quant, **kw)

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import assert_unchanged, snapshot
 from lora.io.safetensors_io import load_file, save_file
 from minigpt import pretrained
 from minigpt.model import GPT, GPTConfig
@@ -19,11 +20,6 @@ from minigpt.pretrained import load_pretrained, save_pretrained
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TINY = dict(vocab_size=50, block_size=12, n_layer=2, n_head=2, n_embd=16)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
 
 
 def randomized(model):
@@ -54,14 +50,6 @@ def write_gpt2_folder(folder, model, prefix="transformer.", mask_buffers=False, 
                   n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=1e-5, activation_function="gelu_new")
     (folder / "config.json").write_text(json.dumps(config))
     return folder
-
-
-def snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def unchanged(model, before):
-    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("layout", [dict(prefix="transformer."), dict(prefix="", mask_buffers=True, lm_head=True)])
@@ -108,7 +96,7 @@ def test_damaged_file_raises_value_error_and_leaves_model_untouched(tmp_path, da
     before = snapshot(target)
     with pytest.raises(ValueError, match=str(path)):
         pretrained.load_hf_weights(target, path)
-    assert unchanged(target, before)
+    assert_unchanged(target, before)
 
 
 def test_weights_of_another_config_raise_value_error_listing_keys_and_leave_model_untouched(tmp_path):
@@ -120,7 +108,7 @@ def test_weights_of_another_config_raise_value_error_listing_keys_and_leave_mode
     message = str(e.value)
     assert "unexpected [transformer.h.2." in message
     assert "mis-shaped [transformer.h.0.attn.c_attn.bias: file (96,) vs model (48,)" in message
-    assert unchanged(target, before)
+    assert_unchanged(target, before)
 
 
 def test_missing_key_and_untied_lm_head_are_named(tmp_path):
@@ -220,6 +208,6 @@ def test_non_finite_weight_is_refused_naming_tensor_and_file(tmp_path, value):
     before = snapshot(target)
     with pytest.raises(ValueError, match=rf"{path}: tensor 'transformer.h.1.mlp.c_fc.weight' has 1 non-finite"):
         pretrained.load_hf_weights(target, path)
-    assert unchanged(target, before)
+    assert_unchanged(target, before)
     with pytest.raises(ValueError, match="non-finite"):
         pretrained.load_pretrained(tmp_path)

@@ -16,11 +16,6 @@ from lora.switching import set_adapter
 from lora.tied import untie_weight
 
 
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
 def ids():
     return torch.randint(0, 64, (2, 8))
 
