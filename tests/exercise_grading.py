@@ -45,6 +45,7 @@ class Grade:
     prop: str
     status: str = "ok"  # "ok" | "FAIL" | "todo"
     why: str = ""
+    calls: tuple = ()   # the names of the graded module the property used, in first-use order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +191,11 @@ class _Graded:
 
     def __init__(self, module, unit):
         self._module, self._unit = module, unit
+        self._calls = []  # what the property used: a failure names these functions (the report's "calls")
 
     def __getattr__(self, name):
+        if name not in self._calls:
+            self._calls.append(name)
         try:
             return getattr(self._module, name)
         except AttributeError:
@@ -302,6 +306,9 @@ def pytest_runtest_makereport(item, call):
         return report
     grades = item.config.stash[GRADES]
     grade = grades.setdefault(item.nodeid, Grade(*unit, property_name(item)))
+    graded = getattr(item, "funcargs", {}).get("ex")
+    if isinstance(graded, _Graded):
+        grade.calls = tuple(graded._calls)
     if grade.status != "ok" or (report.passed and report.when != "call"):
         return report  # the first problem is the one to show; a later teardown error cannot undo it
     if report.failed:

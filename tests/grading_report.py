@@ -47,7 +47,8 @@ def report_data(impl, grades, time_limit):
     for name, results in units(grades, "exercise").items():
         held = sum(g.status == "ok" for g in results)
         exercises[name] = {"held": held, "total": len(results), "passed": held == len(results),
-                           "properties": [{"property": g.prop, "status": g.status, "message": g.why} for g in results]}
+                           "properties": [{"property": g.prop, "status": g.status, "message": g.why,
+                                           "calls": list(g.calls)} for g in results]}
     bugs = {name: dict(zip(("status", "message"), bug_verdict(checks), strict=True))
             for name, checks in units(grades, "bug").items()}
     caught = sum(b["status"] == "caught" for b in bugs.values())

@@ -6,6 +6,7 @@
     python -m minigpt.finetune --dora --init pissa      # DoRA with PiSSA's SVD initialisation
     python -m minigpt.finetune --base gpt2 --block-size 64 --steps 200
     python -m minigpt.finetune --compare                # full vs LoRA ranks vs QLoRA, DoRA, PiSSA vs scratch
+    python -m minigpt.finetune --impl mine              # trained by your exercise code (docs/exercises.md)
 """
 
 import argparse
@@ -15,8 +16,9 @@ import sys
 from minigpt.cli import one_line_errors
 from minigpt.device import DEVICES
 from minigpt.finetune.compare import compare_configs, run_compare
-from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig
+from minigpt.finetune.config import DEFAULT_LR, METHODS, SCRATCH_LR, FinetuneConfig, validate
 from minigpt.finetune.estimate import describe_compare, describe_run, estimate, estimate_compare
+from minigpt.finetune.impl import grade
 from minigpt.finetune.pipeline import run_finetune
 from minigpt.finetune.report import format_report
 
@@ -40,11 +42,13 @@ FLAGS = (  # (field, type, help); "(default: ...)" is added from FinetuneConfig 
     ("cache_dir", str, "cache of tiny bases and GPT-2 downloads (default: $MINIGPT_CACHE_DIR or ~/.cache/minigpt)"),
     ("threads", int, "torch threads while training, at most the usable cores (default: $OMP_NUM_THREADS, else one "
                      "per core free at the start)"),
+    ("impl", str, "train with the graded exercises' code, checked by their grader first: solutions, mine "
+                  "(notebooks/exercises/mine/) or a folder (default: the library; docs/exercises.md)"),
 )
 
 
 METAVARS = {str: "NAME", int: "N", float: "X"}
-PATHS = {"base_corpus": "FILE", "data": "FILE", "out": "DIR", "cache_dir": "DIR", "prompt": "TEXT"}
+PATHS = {"base_corpus": "FILE", "data": "FILE", "out": "DIR", "cache_dir": "DIR", "prompt": "TEXT", "impl": "IMPL"}
 
 
 def build_parser():
@@ -75,6 +79,11 @@ def main(argv=None):
     compare = args.pop("compare")
     with one_line_errors(INTERRUPTED):
         cfg = FinetuneConfig(**args)
+        if compare and cfg.impl is not None:
+            raise ValueError("--compare runs the library's methods (full, DoRA, PiSSA, ...); drop --impl, or run "
+                             "one method with it")
+        if cfg.impl is not None:  # before the estimate, which times a few steps of the model the code builds
+            grade(validate(cfg).impl, cfg.method)
         if compare:
             print(describe_compare(cfg, estimate_compare(compare_configs(cfg))), flush=True)
             summary = run_compare(cfg)

@@ -18,6 +18,7 @@ from minigpt.cli import check_writable
 from minigpt.device import DEVICES, pick_device
 from minigpt.download import cache_dir
 from minigpt.finetune.base_model import SCRATCH, TINY, BaseRecipe, base_config, corpus_text, is_cached, tiny_base_folder
+from minigpt.finetune.impl import check_impl
 from minigpt.finetune.rundir import check_out_dir
 from minigpt.model import GPT, PRESETS
 from minigpt.threads import user_threads
@@ -63,6 +64,7 @@ class FinetuneConfig:
     cache_dir: str | None = None  # cache of tiny bases and GPT-2 downloads; None = minigpt.download.cache_dir()
     progress: bool = True         # progress bars
     threads: int | None = None    # torch threads; None = $OMP_NUM_THREADS, else one per free core (minigpt.threads)
+    impl: str | None = None       # train with the exercises' code: solutions | mine | a folder; None = the library
 
     @functools.cached_property
     def lora(self):
@@ -116,6 +118,7 @@ def _check_values(cfg):
     if cfg.method == "qlora" and cfg.init == "pissa":
         raise ValueError("init='pissa' needs the float base weight; with method='qlora' the base is NF4 already "
                          "(use method='lora', or init='default' or 'gaussian')")
+    check_impl(cfg)  # the exercises' code: a folder, plain LoRA (minigpt.finetune.impl); graded before training
 
 
 def _check_base(cfg):

@@ -23,6 +23,7 @@ from minigpt.data import encode_text, load_tiny_shakespeare, split_train_val
 from minigpt.device import pick_device
 from minigpt.finetune.base_model import base_tokenizer, load_base
 from minigpt.finetune.config import method_label, recipe_of, validate
+from minigpt.finetune.impl import exercise_model, grade, load_pieces
 from minigpt.finetune.report import FinetuneReport
 from minigpt.finetune.rundir import clear_outputs, save_loss_curve, trim_metrics
 from minigpt.pretrained import save_pretrained
@@ -33,6 +34,8 @@ from minigpt.trainer import TrainConfig, estimate_loss, train
 def prepare_model(base, cfg):
     """Turn the base into the model to train: all weights (full), LoRA (lora) or NF4 + LoRA (qlora).
 
+    With cfg.impl the LoRA layers, their injection and the NF4 base are the exercises' code
+    (minigpt.finetune.impl; grade it first).
     Returns:
         (model, {"quantized_bytes_before", "quantized_bytes_after"}; None unless qlora).
     """
@@ -40,6 +43,8 @@ def prepare_model(base, cfg):
     if cfg.method == "full":
         base.requires_grad_(True)
         return base, info
+    if cfg.impl is not None:
+        return exercise_model(base, cfg, load_pieces(cfg.impl, cfg.method))
     if cfg.method == "qlora":  # the frozen base becomes 4-bit NormalFloat (QLoRA §3)
         info["quantized_bytes_before"], info["quantized_bytes_after"] = quantize_model(base, cfg.lora.target_modules)
     torch.manual_seed(cfg.seed)  # A's Kaiming init
@@ -121,10 +126,13 @@ def run_finetune(cfg, callback=None):
     Returns:
         the FinetuneReport that is also written to report.json.
     Raises:
-        ValueError: a bad configuration (see validate), before any file is written.
+        ValueError: a bad configuration (see validate), or with cfg.impl exercise code that the grader
+            does not pass (minigpt.finetune.impl.grade), before any file is written.
     """
     t0 = time.perf_counter()
     cfg = validate(cfg)
+    if cfg.impl is not None:
+        grade(cfg.impl, cfg.method)
     out = pathlib.Path(cfg.out)
     device = pick_device(cfg.device)
     tokenizer = base_tokenizer(cfg.base)

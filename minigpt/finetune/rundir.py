@@ -47,6 +47,9 @@ def check_out_dir(cfg):
     except (UnicodeDecodeError, json.JSONDecodeError):
         saved = {}
     mine = _result_fields(cfg)
+    # a field a run's config.json lacks is older than the run: it had the field's default value
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = [f"{k}={saved.get(k, '<absent>')!r} (here {v!r})" for k, v in mine.items() if saved.get(k, "<absent>") != v]
     if diff:
         raise ValueError(f"out={cfg.out!r} holds a run of another configuration: {', '.join(diff)}; "
