@@ -391,6 +391,9 @@ def finetune_argv(files, out, *extra):
     (["--out", "{file}/run"], "is a file, so nothing can be written under it"),
     (["--out", "{file}", "--overwrite"], "is a file; give a folder"),
     (["--cache-dir", "{file}/cache"], "cache_dir="),
+    (["--impl", "{dir}/no-such-folder"], "is not a folder"),
+    (["--impl", "solutions", "--method", "full"], "method='full' trains every weight"),
+    (["--impl", "solutions", "--compare"], "drop --impl"),
 ])
 def test_finetune_refuses_a_bad_setting_in_one_line_before_any_work(monkeypatch, capsys, finetune_files, a_file,
                                                                    argv, named):

@@ -174,3 +174,28 @@ def test_each_exercise_and_bug_name_selects_exactly_its_tests():
         check_selection(GRADING_FILES, unit, [])
     first, *_, last = units
     check_selection(GRADING_FILES, f"{first} or {last}", [])
+
+
+COPY = re.compile(r"\bcp((?:\s+notebooks/exercises/\w+\.py)+)\s+notebooks/exercises/mine/")
+
+
+def cells_with_commands():
+    """[(place, text)] of each notebook cell that prints a grading command for notebooks/exercises/mine/."""
+    blocks = [(f"notebooks/{p.name}", "".join(cell["source"])) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))
+              for cell in json.loads(p.read_text())["cells"]]
+    return [(place, text) for place, text in blocks if "--impl=mine" in text and COMMAND.search(text)]
+
+
+def test_a_notebooks_grading_command_grades_only_files_its_cell_copies_into_mine():
+    checked = 0
+    for place, text in cells_with_commands():
+        copied = {stem for files in COPY.findall(text) for stem in re.findall(r"exercises/(\w+)\.py", files)}
+        for match in COMMAND.finditer(text):
+            files, keyword, _ = parse(match.group(0))
+            if keyword is None or files != ["tests/test_exercises.py"]:
+                continue
+            named = {w for w in re.findall(r"[^\s()]+", keyword) if w not in ("and", "or", "not")}
+            checked += 1
+            assert named <= copied, (f"{place}: {match.group(0)!r} grades {sorted(named - copied)}, which the cell "
+                                     f"does not copy into notebooks/exercises/mine/ (it copies {sorted(copied)})")
+    assert checked >= 4, checked
