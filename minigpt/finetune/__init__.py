@@ -8,6 +8,7 @@
     report.py      FinetuneReport: what a run measured, as report.json and printed
     rundir.py      the run's output folder: refusing another run's folder, resuming, the loss curve
     compare.py     --compare: full vs LoRA ranks vs QLoRA vs training from scratch
+    impl.py        --impl: the graded exercises' code builds and trains the model, graded first
 """
 
 from minigpt.finetune.config import DEFAULT_LR, METHODS, FinetuneConfig, recipe_of, validate

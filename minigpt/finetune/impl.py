@@ -111,7 +111,7 @@ def problem_line(impl, method, report):
     """One line saying which piece is not done or wrong, the grader's hint, and how to see the rest."""
     exercise, prop = first_problem(report, method)
     others = sum(p["status"] != "ok" for e in report["exercises"].values() for p in e["properties"]) - 1
-    more = f" ({others} more properties do not hold)" if others > 0 else ""
+    more = f" ({others} more {'property does' if others == 1 else 'properties do'} not hold)" if others > 0 else ""
     see = f"; the fine-tune trains with your {', '.join(f + '.py' for f in exercises_of(method))}: {grading_command(impl, method)}"
     message = prop["message"].removeprefix(f"exercise {exercise}: ")
     if prop["status"] == "todo":
