@@ -64,13 +64,18 @@ def _folder(tmp_path, source, *, plant=None):
     return tmp_path
 
 
-def test_solutions_train_to_the_library_numbers_exactly(files):
+def test_solutions_train_to_the_library_loss_to_every_printed_digit(files):
     library = run_finetune(_cfg(files, "library"))
     solutions = run_finetune(_cfg(files, "solutions", impl="solutions"))
-    assert solutions.val_curve == library.val_curve, (solutions.val_curve, library.val_curve)
-    # the training loss comes from the training forward pass (lora_linear), whose additions may round in
-    # another order than the library's: equal to float32's precision, not necessarily bit for bit
-    assert solutions.train_loss_final == pytest.approx(library.train_loss_final, rel=1e-6)
+    # the same arithmetic in another order: the library folds B A into W0 where the shapes make it pay
+    # (lora.backward), the solutions add the low-rank path, so the last float32 bits may differ. The
+    # printed 4 decimals may not: every point of the curve within 5e-5, the half unit of the last one.
+    steps = [s for s, _ in library.val_curve]
+    assert [s for s, _ in solutions.val_curve] == steps and len(steps) == 3
+    gaps = [abs(a - b) for (_, a), (_, b) in zip(solutions.val_curve, library.val_curve, strict=True)]
+    assert max(gaps) < 5e-5, (solutions.val_curve, library.val_curve)
+    assert solutions.val_curve[0] == library.val_curve[0]  # B = 0: both evaluate the base model itself
+    assert solutions.train_loss_final == pytest.approx(library.train_loss_final, abs=5e-5)
     assert solutions.val_loss_after < solutions.val_loss_before  # it trained: the equality is not of two no-ops
     assert (solutions.trainable_params, solutions.total_params) == (library.trainable_params, library.total_params)
     assert solutions.sample_after == library.sample_after
@@ -87,6 +92,10 @@ def test_the_model_is_built_from_the_exercise_layers(files):
         {n for n, _ in model.named_parameters() if n.endswith(("lora_A", "lora_B"))}
     x = torch.randn(3, layers[0].in_features, requires_grad=True)
     assert type(layers[0](x).grad_fn).__name__ == "LoRAFunctionBackward"  # training goes through lora_linear
+    idx = torch.randint(0, model.config.vocab_size, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as on CUDA: the hand-written backward sees one dtype
+        model(idx, idx)[1].backward()
+    assert all(m.lora_B.grad is not None and torch.isfinite(m.lora_B.grad).all() for m in layers)
 
 
 def test_qlora_trains_on_the_exercise_nf4_base(files):
