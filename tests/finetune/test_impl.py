@@ -99,9 +99,13 @@ def test_the_model_is_built_from_the_exercise_layers(files):
 
 
 def test_qlora_trains_on_the_exercise_nf4_base(files):
-    report = run_finetune(_cfg(files, "qlora", method="qlora", impl="solutions"))
+    cfg = _cfg(files, "qlora", method="qlora", impl="solutions")
+    report = run_finetune(cfg)
     assert report.val_loss_after < report.val_loss_before
-    assert report.quantized_bytes_after < report.quantized_bytes_before / 4  # 4-bit codes + one float per 64
+    base, _ = load_base(cfg.base, recipe_of(validate(cfg)), "cpu", cfg.cache_dir, False)
+    sizes = [m.weight.numel() for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    # each float32 weight of n values becomes n/2 bytes of codes and a float32 absmax per 64 values
+    assert report.quantized_bytes_before - report.quantized_bytes_after == sum(4 * n - n // 2 - 4 * (n // 64) for n in sizes)
     pieces = load_pieces("solutions", "qlora")
     assert pieces.LinearNF4.__module__ == "minigpt_impl_quantized_linear"
 
