@@ -20,7 +20,10 @@ and merged files, report) is the library's, so with correct pieces a run gives t
 
 The seam: ExerciseLoRALinear is a lora.LoRALinear whose arithmetic comes from the functions it is
 given (a Pieces), so every library function that reads LoRA layers (count_parameters, save_adapter,
-merge_and_unload, the trainer's checkpoints) works on the student's model unchanged.
+merge_and_unload, the trainer's checkpoints) works on the student's model unchanged. The exercise's
+lora_linear(x, W, b, A, B, scaling) has the signature of lora.backward.lora_linear, the library's
+training path; the library folds B A into W0 where the shapes make it pay, so the two agree to
+float32 rounding (the printed losses), not bit for bit.
 
 Shape legend: x (..., d_in), W (d_out, d_in), b (d_out,) or None, A (r, d_in), B (d_out, r).
 """
@@ -93,9 +96,10 @@ def check_impl(cfg):
 
 
 def grading_command(impl, method):
-    """The command a student runs to see every property of the pieces the run needs."""
+    """The command (run from the repository's root) that shows every property of the pieces the run needs."""
     names = exercises_of(method)
-    return f'pytest tests/test_exercises.py --impl={impl} -k "{" or ".join(names)}"'
+    where = impl if impl in FOLDERS else impl_folder(impl)  # a folder by its absolute path: it works from the root
+    return f'pytest tests/test_exercises.py --impl={where} -k "{" or ".join(names)}"'
 
 
 def first_problem(report, method):
