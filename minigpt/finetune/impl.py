@@ -188,7 +188,12 @@ class Pieces:
 
 
 def load_pieces(impl, method):
-    """The Pieces of `impl`'s folder that a `method` run needs, each file imported by path (not graded here)."""
+    """The Pieces of `impl`'s folder that a `method` run needs, each file imported by path.
+
+    The files are graded first (grade: at once if these contents passed already), so code the grader
+    has not passed never builds a model. Raises ValueError as grade does.
+    """
+    grade(impl, method)
     folder = impl_folder(impl)
     found = {}
     for exercise in exercises_of(method):
