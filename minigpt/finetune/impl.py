@@ -69,7 +69,8 @@ def impl_folder(impl):
     if impl == "mine" and not folder.is_dir():
         raise ValueError("impl='mine' trains with notebooks/exercises/mine/, which does not exist yet; start with "
                          "mkdir -p notebooks/exercises/mine && cp notebooks/exercises/lora_layer.py "
-                         "notebooks/exercises/mine/ (docs/exercises.md)")
+                         "notebooks/exercises/inject.py notebooks/exercises/lora_backward.py notebooks/exercises/mine/ "
+                         "(docs/exercises.md)")
     if not folder.is_dir():
         raise ValueError(f"impl={impl!r}: {folder} is not a folder; give 'solutions', 'mine' or a folder holding "
                          "your exercise files (lora_layer.py, inject.py, lora_backward.py, ...)")
