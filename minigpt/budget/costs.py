@@ -111,6 +111,36 @@ def attention_flops(seq_len, n_embd):
     return forward, 2 * forward
 
 
+BLOCK_ORDER = ("attn.c_attn", "attention", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # c_gate sits beside c_fc
+
+
+def _depth(name):
+    if name in ("attn.q", "attn.k", "attn.v"):
+        return 0
+    return BLOCK_ORDER.index("mlp.c_fc" if name == "mlp.c_gate" else name)
+
+
+def first_block_savings(shape, plan, seq_len):
+    """{"matmul_weights", "attention", "lora"}: backward FLOPs per token LoRA skips in the first block.
+
+    Under LoRA the embeddings are frozen, so nothing before the first adapter needs a gradient:
+    autograd runs no backward for the products before it, and none for the input of the adapted
+    layer itself (its base's x-gradient and A's), only for A's and B's weights.
+    """
+    layers = lora_layers(shape, plan)
+    first = min(_depth(name) for name, _, _ in layers)
+    saved = {"matmul_weights": 0, "attention": 0, "lora": 0}
+    for name, d_in, d_out in shape.block_linears():
+        if _depth(name) <= first:
+            saved["matmul_weights"] += linear_flops(d_in, d_out, trained=False)[1]
+    if first > BLOCK_ORDER.index("attention"):
+        saved["attention"] += attention_flops(seq_len, shape.n_embd)[1]
+    for name, d_in, _ in layers:
+        if _depth(name) == first:
+            saved["lora"] += 2 * plan.rank * d_in  # A's x-gradient
+    return saved
+
+
 def flops_per_token(shape, plan, seq_len):
     """{"forward", "backward", "train", "matmul_weights", "attention", "lora"}: FLOPs per token of a
     training step at sequence length `seq_len`; "train" = forward + backward, the others are the forward
@@ -130,6 +160,9 @@ def flops_per_token(shape, plan, seq_len):
     add("attention", attention_flops(seq_len, shape.n_embd), L)
     for _, d_in, d_out in lora_layers(shape, plan):
         add("lora", lora_side_flops(plan.rank, d_in, d_out), L)
+    if plan.method != "full":
+        for kind, skipped in first_block_savings(shape, plan, seq_len).items():
+            parts[kind][1] -= skipped
     forward, backward = (sum(p[i] for p in parts.values()) for i in (0, 1))
     return {"forward": forward, "backward": backward, "train": forward + backward,
             **{kind: sum(p) for kind, p in parts.items()}}
