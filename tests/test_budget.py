@@ -170,7 +170,7 @@ def test_command_prints_the_trainable_count(capsys):
 
 
 @pytest.mark.parametrize("argv", [["--rank", "0"], ["--method", "dora"], ["--targets", "c_nope"], ["--base", "nope"],
-                                  ["--dtype", "int8"], ["--batch", "-2"], ["--layers", "2", "--width", "30"],
+                                  ["--dtype", "int8"], ["--batch", "-2"], ["--layers", "2", "--width", "30", "--heads", "4"],
                                   ["--targets", "q,c_attn"], ["--base", "test", "--rank", "17"],
                                   ["--targets", "re:.*"], ["--mlp-ratio", "0"]])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
