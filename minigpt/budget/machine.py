@@ -30,32 +30,42 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(m, k, n, dtype=torch.float32, device="cpu", samples=5, min_seconds=0.05):
-    """FLOP/s of an (m, k) @ (k, n) matmul here: 2·m·k·n FLOPs over the median time of `samples`
-    groups of calls, each group lasting at least min_seconds, after one untimed group."""
-    for name, value in (("m", m), ("k", k), ("n", n), ("samples", samples)):
+def matmul_call(m, k, n, dtype=torch.float32, device="cpu"):
+    """(a callable running one (m, k) @ (k, n) product and waiting for it, its FLOPs 2·m·k·n), to time
+    beside other work (minigpt.bench.harness.time_interleaved)."""
+    for name, value in (("m", m), ("k", k), ("n", n)):
         check_int(name, value)
-    check_float("min_seconds", min_seconds)
     device = torch.device(device)
     g = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(m, k, generator=g, device=device).to(dtype)  # (M, K)
     b = torch.randn(k, n, generator=g, device=device).to(dtype)  # (K, N)
+
+    def call():
+        a @ b
+        _sync(device)
+    return call, 2 * m * k * n
+
+
+def matmul_rate(m, k, n, dtype=torch.float32, device="cpu", samples=5, min_seconds=0.05):
+    """FLOP/s of an (m, k) @ (k, n) matmul here: 2·m·k·n FLOPs over the median time of `samples`
+    groups of calls, each group lasting at least min_seconds, after one untimed group."""
+    check_int("samples", samples)
+    check_float("min_seconds", min_seconds)
+    call, flops = matmul_call(m, k, n, dtype, device)
     calls, elapsed = 1, 0.0
     while elapsed < min_seconds:  # calls per group: enough to outlast the timer's resolution
         calls *= 2
         start = time.perf_counter()
         for _ in range(calls):
-            a @ b
-        _sync(device)
+            call()
         elapsed = time.perf_counter() - start
     times = []
     for _ in range(samples):
         start = time.perf_counter()
         for _ in range(calls):
-            a @ b
-        _sync(device)
+            call()
         times.append((time.perf_counter() - start) / calls)
-    return 2 * m * k * n / statistics.median(times)
+    return flops / statistics.median(times)
 
 
 def model_matmul_rate(shape, batch, seq_len, dtype=torch.float32, device="cpu", samples=5):
