@@ -8,6 +8,7 @@
 
 import argparse
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -21,7 +22,7 @@ MEASURE_CAP = 2048  # the timed matmul's sizes are capped so it takes a second e
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m minigpt.budget", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m minigpt.budget", description=__doc__.split("\n")[0].split(": ", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n")[2:]))
     p.add_argument("--base", default=None, metavar="NAME",
@@ -30,7 +31,7 @@ def build_parser():
     shape = p.add_argument_group("a shape of your own (or overriding --base's sizes)")
     for flag, help in (("layers", "transformer blocks"), ("width", "residual width C"), ("heads", "attention heads"),
                        ("vocab", "vocabulary size (default 50257)"),
-                       ("positions", "rows of a learned position table; 0 for rotary (default: --block-size)"),
+                       ("positions", "rows of a learned position table; 0 for rotary (default: the base's, else --block-size)"),
                        ("mlp-width", "MLP width F (default: --mlp-ratio x width)")):
         shape.add_argument("--" + flag, type=int, default=None, metavar="N", help=help)
     shape.add_argument("--mlp-ratio", type=float, default=4.0, metavar="X", help="F / C (default: 4, GPT-2)")
@@ -88,8 +89,8 @@ def main(argv=None):
         rate = None
         if args.measure:
             capped = dict(batch=1, seq_len=min(MEASURE_CAP, cfg.batch * cfg.seq_len))
-            small = shape.__class__(**{**shape.__dict__, "n_embd": min(shape.n_embd, MEASURE_CAP),
-                                       "n_head": 1, "mlp_width": min(shape.mlp_width, MEASURE_CAP)})
+            small = replace(shape, n_embd=min(shape.n_embd, MEASURE_CAP), n_head=1,
+                            mlp_width=min(shape.mlp_width, MEASURE_CAP))
             rate = model_matmul_rate(small, dtype=torch.float32, **capped)
             rows = budget_rows(cfg, rate)
     print(f"{shape.name}: L={shape.n_layer}, C={shape.n_embd}, heads={shape.n_head}, MLP {shape.mlp_width}"
