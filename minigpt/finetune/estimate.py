@@ -7,8 +7,9 @@ The expected time comes from minigpt.budget's cost model, calibrated on this mac
        0, every eval_interval steps and at the end) and, for an uncached tiny base, the base's
        pretraining steps (full) and its final evaluation.
     2. A rate: a few optimizer steps of the run's model with random weights (the method's real
-       trainable parameters) are timed here, and their FLOPs over their time is the FLOP/s this
-       model and method reach on this machine, everything else a step does included.
+       trainable parameters) are timed here on the threads the run will use (minigpt.threads), and
+       their FLOPs over their time is the FLOP/s this model and method reach on this machine,
+       everything else a step does included.
     3. Seconds = FLOPs / rate, for each part with its own model's rate (the base pretrains in full).
 
 To stay short for large bases (GPT-2), the calibration runs the architecture with one and with two
@@ -33,7 +34,7 @@ from minigpt.finetune.base_model import SCRATCH, TINY, base_config, is_cached, t
 from minigpt.finetune.config import method_label, recipe_of, validate
 from minigpt.finetune.pipeline import prepare_model
 from minigpt.model import GPT
-from minigpt.threads import threads_header
+from minigpt.threads import fitted_threads, threads_header
 
 CALIBRATION_FLOPS = 5e9  # work per timed step: a fraction of a second on a laptop CPU core
 PRETRAIN_EVAL_BATCHES = 10  # the tiny base's single evaluation at the end (minigpt.finetune.base_model.pretrain)
@@ -123,16 +124,21 @@ def estimate(cfg):
         if not cached:
             step, total = run_flops(config, TrainPlan("full"), recipe.steps, recipe.batch_size, config.block_size,
                                     1, PRETRAIN_EVAL_BATCHES)
-            pretrain = total / (step / calibrate(config, recipe.batch_size, config.block_size, device))
+            with fitted_threads(None):  # the threads pretraining will use (its TrainConfig leaves them to the rule)
+                pretrain = total / (step / calibrate(config, recipe.batch_size, config.block_size, device))
     step, total = run_flops(config, run_plan(cfg), cfg.steps, cfg.batch_size, cfg.block_size,
                             evaluations(cfg.steps, cfg.eval_interval), cfg.eval_batches)
-    rate = step / calibrate(config, cfg.batch_size, cfg.block_size, device, lambda m: prepare_model(m, cfg)[0])
+    with fitted_threads(cfg.threads):  # the threads minigpt.trainer.train will use for the run
+        rate = step / calibrate(config, cfg.batch_size, cfg.block_size, device, lambda m: prepare_model(m, cfg)[0])
     finetune = total / rate
     return {"pretrain": pretrain, "finetune": finetune, "total": pretrain + finetune, "cached": cached, "rate": rate}
 
 
 def _minutes(seconds):
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    """Seconds below 90 s, tenths of a minute below 10 min (whole minutes would round 2.4 min to 2), else minutes."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
 def describe_run(cfg, times):

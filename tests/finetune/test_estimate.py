@@ -33,7 +33,7 @@ def test_header_names_method_device_threads_and_estimate(tmp_path):
     assert "on tiny Shakespeare" in line and f"on cpu, threads: {threads_header(cfg.threads)};" in line
     (tmp_path / "play.txt").write_text("ROMEO: good night\n" * 50, encoding="utf-8")  # validate checks it exists
     assert "on play.txt:" in describe_run(_cfg(tmp_path, data=str(tmp_path / "play.txt")), {**dict.fromkeys(
-        ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3 min" in line and "estimate" in line
+        ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3.0 min" in line and "estimate" in line
 
 
 def test_calibration_of_a_deep_model_extrapolates_from_two_blocks():
