@@ -120,15 +120,27 @@ def test_linear_flops_by_hand():
 
 @pytest.mark.parametrize("plan", PLANS[:4], ids=lambda p: f"{p.method}-{p.targets}")
 def test_flops_equal_torchs_count_of_a_real_step(plan):
-    model, B, T = build("test", plan), 2, 16
+    # N = B·T = 128 positions, more than any layer is wide: every LoRA layer folds B A into W0 both ways
+    # (the unfolded path's in-place addmm_ is not in torch's FLOP table)
+    model, B, T = build("test", plan), 8, 16
     x = torch.randint(64, (B, T))
     with FlopCounterMode(display=False) as counter:
         model(x, x)[1].backward()
     counted = {str(op) for op in counter.get_flop_counts()["Global"]}
-    flops = flops_per_token(named_shape("test"), plan, T)
+    flops = flops_per_token(named_shape("test"), plan, T, tokens=B * T)
     # the CPU's fused attention kernel is not in torch's FLOP table: compare the products with weights
     expected = flops["train"] - (0 if any("attention" in op for op in counted) else flops["attention"])
-    assert counter.get_total_flops() == B * T * expected
+    assert counter.get_total_flops() == pytest.approx(B * T * expected, rel=1e-12)
+
+
+def test_folding_b_a_into_w0_pays_only_beyond_the_layer_width():
+    shape, plan = named_shape("gpt2"), TrainPlan("lora", 8, "c_attn")
+    plain = flops_per_token(shape, plan, 64)
+    assert flops_per_token(shape, plan, 64, tokens=64) == plain  # N = 64 <= 768: the side path runs as written
+    forward_only = flops_per_token(shape, plan, 64, tokens=2048)  # 768 < N = 2048 <= 2304: folds the forward only
+    both = flops_per_token(shape, plan, 64, tokens=4096)
+    assert both["lora"] < forward_only["lora"] < plain["lora"]
+    assert both["matmul_weights"] == forward_only["matmul_weights"] == plain["matmul_weights"]
 
 
 def test_lora_backward_skips_the_frozen_weights_gradients():

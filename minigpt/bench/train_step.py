@@ -74,7 +74,8 @@ def train_plan(method):
 
 def predicted_step_flops(preset, method, batch, seq_len):
     """Training FLOPs of one step of `method` on `preset` at B x T tokens (minigpt.budget.flops_per_token)."""
-    return flops_per_token(named_shape(preset), train_plan(method), seq_len)["train"] * batch * seq_len
+    tokens = batch * seq_len  # LoRALinear folds B A into W0 where that is cheaper (lora.backward)
+    return flops_per_token(named_shape(preset), train_plan(method), seq_len, tokens)["train"] * tokens
 
 
 def build_model(preset, method, seed):

@@ -51,6 +51,9 @@ def build_parser():
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing: keep block inputs only")
     p.add_argument("--no-double-quant", dest="double_quant", action="store_false",
                    help="QLoRA without double quantisation (4.5 bits per weight instead of 4.127)")
+    p.add_argument("--plain-lora", dest="folded", action="store_false",
+                   help="count LoRA's side path B(Ax) as the paper writes it, not as lora.backward runs it "
+                        "(B A folded into W0 where that is cheaper)")
     p.add_argument("--no-measure", dest="measure", action="store_false",
                    help="skip the timed matmul (no seconds per step)")
     p.add_argument("--papers", action="store_true", help="print the papers' settings beside their figures and stop")
@@ -66,7 +69,7 @@ def config_from(a):
                         mlp_width=a.mlp_width, mlp_ratio=a.mlp_ratio, gated=a.gated, bias=a.bias, tied=a.tied,
                         methods=METHODS if a.method == "all" else (a.method,), rank=a.rank, targets=a.targets,
                         batch=a.batch, seq_len=a.seq_len, dtype=a.dtype, state_dtype=a.state_dtype,
-                        checkpointing=a.checkpointing, double_quant=a.double_quant)
+                        checkpointing=a.checkpointing, double_quant=a.double_quant, folded=a.folded)
 
 
 def papers_table():

@@ -23,6 +23,7 @@ Shape legend: L n_layer, C n_embd, V vocab, T sequence length, r rank, N paramet
 
 from dataclasses import dataclass
 
+from lora.backward import folding_pays
 from lora.checks import check_choice, check_int
 from minigpt.budget.shapes import adapted_layers
 
@@ -99,10 +100,22 @@ def linear_flops(d_in, d_out, trained):
     return forward, 2 * forward if trained else forward
 
 
-def lora_side_flops(rank, d_in, d_out):
-    """(forward, backward) FLOPs per token of B·(A·x): 2·r·(d_in + d_out), then twice that."""
-    forward = 2 * lora_parameters(rank, d_in, d_out)
-    return forward, 2 * forward
+def lora_side_flops(rank, d_in, d_out, tokens=None, needs_dx=True):
+    """(forward, backward) FLOPs per token of the side path B·(A·x): 2·r·(d_in + d_out), then twice that
+    (v = g·B, A's and B's gradients, and x's through A).
+
+    tokens: the N positions of one call when the layer runs lora.backward.LoRAFunction (our LoRALinear
+    on a CPU in float32), which folds B·A into W0 where that is cheaper (lora.backward.folding_pays):
+    the fold costs 2·d_out·d_in·r per call, i.e. 2·d_out·d_in·r / N per token, in place of u·Bᵀ in the
+    forward (when N > d_in) and of v·A in the backward (when N > d_out). None: the plain side path.
+    needs_dx: False where the layer's input needs no gradient (the first adapted layer under LoRA).
+    """
+    fold = 2 * rank * d_in * d_out / tokens if tokens else 0
+    forward = 2 * rank * d_in + (fold if tokens and folding_pays(tokens, d_in) else 2 * rank * d_out)
+    backward = 2 * rank * d_out + 2 * rank * d_in + 2 * rank * d_out  # v = g B, A's and B's gradients
+    if needs_dx:
+        backward += fold if tokens and folding_pays(tokens, d_out) else 2 * rank * d_in  # x's, through A
+    return forward, backward
 
 
 def attention_flops(seq_len, n_embd):
@@ -120,12 +133,12 @@ def _depth(name):
     return BLOCK_ORDER.index("mlp.c_fc" if name == "mlp.c_gate" else name)
 
 
-def first_block_savings(shape, plan, seq_len):
+def first_block_savings(shape, plan, seq_len, tokens=None):
     """{"matmul_weights", "attention", "lora"}: backward FLOPs per token LoRA skips in the first block.
 
     Under LoRA the embeddings are frozen, so nothing before the first adapter needs a gradient:
     autograd runs no backward for the products before it, and none for the input of the adapted
-    layer itself (its base's x-gradient and A's), only for A's and B's weights.
+    layer itself (its base's x-gradient and the adapter's), only for A's and B's weights.
     """
     layers = lora_layers(shape, plan)
     first = min(_depth(name) for name, _, _ in layers)
@@ -135,17 +148,21 @@ def first_block_savings(shape, plan, seq_len):
             saved["matmul_weights"] += linear_flops(d_in, d_out, trained=False)[1]
     if first > BLOCK_ORDER.index("attention"):
         saved["attention"] += attention_flops(seq_len, shape.n_embd)[1]
-    for name, d_in, _ in layers:
+    for name, d_in, d_out in layers:
         if _depth(name) == first:
-            saved["lora"] += 2 * plan.rank * d_in  # A's x-gradient
+            saved["lora"] += (lora_side_flops(plan.rank, d_in, d_out, tokens)[1]
+                              - lora_side_flops(plan.rank, d_in, d_out, tokens, needs_dx=False)[1])
     return saved
 
 
-def flops_per_token(shape, plan, seq_len):
+def flops_per_token(shape, plan, seq_len, tokens=None):
     """{"forward", "backward", "train", "matmul_weights", "attention", "lora"}: FLOPs per token of a
     training step at sequence length `seq_len`; "train" = forward + backward, the others are the forward
-    and backward FLOPs of each kind of product."""
+    and backward FLOPs of each kind of product. tokens: B·T positions per step when LoRA's layers run
+    lora.backward.LoRAFunction (see lora_side_flops; QLoRA's NF4 layers never do), None for the plain
+    side path of the paper."""
     check_int("seq_len", seq_len)
+    fused = tokens if plan.method == "lora" else None
     trained = plan.method == "full"
     parts = {"matmul_weights": [0, 0], "attention": [0, 0], "lora": [0, 0]}
 
@@ -159,9 +176,9 @@ def flops_per_token(shape, plan, seq_len):
     add("matmul_weights", linear_flops(shape.n_embd, shape.vocab_size, trained))  # the head
     add("attention", attention_flops(seq_len, shape.n_embd), L)
     for _, d_in, d_out in lora_layers(shape, plan):
-        add("lora", lora_side_flops(plan.rank, d_in, d_out), L)
+        add("lora", lora_side_flops(plan.rank, d_in, d_out, fused), L)
     if plan.method != "full":
-        for kind, skipped in first_block_savings(shape, plan, seq_len).items():
+        for kind, skipped in first_block_savings(shape, plan, seq_len, fused).items():
             parts[kind][1] -= skipped
     forward, backward = (sum(p[i] for p in parts.values()) for i in (0, 1))
     return {"forward": forward, "backward": backward, "train": forward + backward,

@@ -39,6 +39,8 @@ class BudgetConfig:
     state_dtype: str = "float32"  # AdamW's moments
     checkpointing: bool = False   # gradient checkpointing (minigpt.model.GPT.set_gradient_checkpointing)
     double_quant: bool = True     # QLoRA's double quantisation of the NF4 constants
+    folded: bool = True           # LoRA layers run as lora.backward does (B A folded into W0 where cheaper);
+                                  # False: the paper's side path B·(A·x) as written
 
     def __post_init__(self):
         for name in ("layers", "width", "heads", "vocab", "mlp_width"):
@@ -47,7 +49,7 @@ class BudgetConfig:
         if self.positions is not None:
             check_int("positions", self.positions, least=0)
         check_float("mlp_ratio", self.mlp_ratio)
-        for name in ("gated", "bias", "tied", "checkpointing", "double_quant"):
+        for name in ("gated", "bias", "tied", "checkpointing", "double_quant", "folded"):
             check_bool(name, getattr(self, name))
         if not self.methods or any(m not in METHODS for m in self.methods):
             raise ValueError(f"methods={self.methods!r}: choose from {list(METHODS)}")
@@ -84,7 +86,8 @@ def budget_rows(cfg, rate=None, efficiency=1.0):
     tokens, rows = cfg.batch * cfg.seq_len, []
     for method in cfg.methods:
         plan = TrainPlan(method, cfg.rank, cfg.targets)
-        counts, flops = parameter_counts(shape, plan), flops_per_token(shape, plan, cfg.seq_len)
+        counts = parameter_counts(shape, plan)
+        flops = flops_per_token(shape, plan, cfg.seq_len, tokens if cfg.folded else None)
         memory = training_bytes(shape, plan, cfg.batch, cfg.seq_len, cfg.dtype, cfg.state_dtype, cfg.checkpointing,
                                 cfg.double_quant)
         step = flops["train"] * tokens

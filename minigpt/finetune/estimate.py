@@ -104,8 +104,8 @@ def evaluations(steps, eval_interval):
 def run_flops(config, plan, steps, batch_size, block_size, evals, eval_batches):
     """(FLOPs of one training step, FLOPs of the whole run): steps x (forward + backward) plus evals x
     eval_batches forward passes, all of batch_size x block_size tokens (minigpt.budget.flops_per_token)."""
-    flops = flops_per_token(from_gpt_config(config), plan, block_size)
     tokens = batch_size * block_size
+    flops = flops_per_token(from_gpt_config(config), plan, block_size, tokens)
     return flops["train"] * tokens, tokens * (steps * flops["train"] + evals * eval_batches * flops["forward"])
 
 
