@@ -25,6 +25,7 @@ from minigpt import sample as sample_cli
 from minigpt import train as train_cli
 from minigpt.bench import __main__ as bench_cli
 from minigpt.bench import runner
+from minigpt.budget import __main__ as budget_cli
 from minigpt.checkpoint import read_checkpoint
 from minigpt.finetune import __main__ as finetune_cli
 from minigpt.threads import usable_cores
@@ -469,6 +470,24 @@ def test_finetune_help_and_unknown_flags(capsys):
     code, out, _ = run_cli(finetune_cli.main, ["--help"], capsys)
     assert code == 0 and out.startswith("usage: python -m minigpt.finetune")
     code, _, err = run_cli(finetune_cli.main, ["--bogus"], capsys)
+    assert code == 2 and "unrecognized arguments: --bogus" in err
+
+
+# --- python -m minigpt.budget ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, named", [(["--batch", "0"], "batch=0"), (["--width", "30", "--heads", "4"], "not divisible"),
+                                         (["--state-dtype", "fp8"], "state_dtype='fp8'"),
+                                         (["--positions", "-1", "--no-measure"], "positions=-1")])
+def test_budget_refuses_a_bad_setting_in_one_line_before_measuring(monkeypatch, capsys, argv, named):
+    monkeypatch.setattr(budget_cli, "model_matmul_rate", not_reached("the timed matmul"))
+    code, out, err = run_cli(budget_cli.main, argv + ["--base", "tiny"], capsys)
+    assert (code, out) == (2, "") and err.startswith("error: ") and err.count("\n") == 1 and named in err, err
+
+
+def test_budget_help_and_unknown_flags(capsys):
+    code, out, _ = run_cli(budget_cli.main, ["--help"], capsys)
+    assert code == 0 and out.startswith("usage: python -m minigpt.budget")
+    code, _, err = run_cli(budget_cli.main, ["--bogus"], capsys)
     assert code == 2 and "unrecognized arguments: --bogus" in err
 
 

@@ -1,8 +1,11 @@
 """Benchmark section 1: one training step, full fine-tuning vs LoRA vs QLoRA.
 
 The same model is trained on the same batch three ways: full fine-tuning (every weight trained), LoRA
-(base frozen, rank-r adapters trained) and QLoRA (every linear weight stored in NF4, the adapters
-trained in float32). Step times come from one subprocess that holds all three and times them
+(base frozen, rank-r adapters on c_attn trained; "lora all-linear": on every linear layer of the blocks,
+the fine-tune's default) and QLoRA (every linear weight stored in NF4, the adapters trained in float32).
+Beside each measured step-time ratio stands the ratio minigpt.budget predicts from FLOPs, and beside
+each step's achieved FLOP/s (the calculator's FLOPs over the measured time) the rate of a plain matmul
+at the model's MLP shape, timed in the same process. Step times come from one subprocess that holds all three and times them
 round-robin, so the ratios are measured side by side; bytes and peak memory come from one subprocess
 per method (see minigpt.bench.harness.run_isolated), so each peak is that method's own.
 
@@ -33,6 +36,9 @@ from minigpt.bench.harness import (
     tensor_bytes,
     time_interleaved,
 )
+from minigpt.budget.costs import TrainPlan, flops_per_token
+from minigpt.budget.machine import model_matmul_rate
+from minigpt.budget.shapes import named_shape
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import configure_optimizer
 from minigpt.trainer import TrainConfig
@@ -40,8 +46,11 @@ from minigpt.trainer import TrainConfig
 GRAD_CLIP = 1.0  # minigpt.trainer's default max gradient norm
 
 LORA = dict(rank=8, alpha=16, targets=["c_attn"])  # PEFT's default for GPT-2: LoRA on the fused q/k/v projection
+LORA_ALL = dict(LORA, targets="all-linear")         # the fine-tune's default: every linear layer of the blocks
 QLORA_QUANTIZED = "all-linear"                      # QLoRA quantises every linear layer but the (tied) output head
 METHODS = ("full", "lora", "qlora")
+ALL_LINEAR = "lora all-linear"
+TIMED = (*METHODS, ALL_LINEAR)                       # every method, timed side by side
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)             # QLoRA §3: 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
 
 
@@ -49,8 +58,24 @@ def _train_models(quick):
     """(label, preset, batch B, sequence length T, repeats divisor) for section 1."""
     if quick:
         return [("test", "test", 2, 16, 1)]
-    # GPT-2 small steps take seconds on a laptop CPU, so they get a third of the repeats
-    return [("tiny", "tiny", 8, 128, 1), ("gpt2-shaped", "gpt2", 4, 64, 3)]
+    # GPT-2 small steps take seconds on a laptop CPU, so they get a third of the repeats; tiny at B=16 is
+    # the fine-tune's own shape (python -m minigpt.finetune: 16 x 128 tokens)
+    return [("tiny", "tiny", 8, 128, 1), ("tiny, B=16", "tiny", 16, 128, 1), ("gpt2-shaped", "gpt2", 4, 64, 3)]
+
+
+def train_plan(method):
+    """The minigpt.budget TrainPlan of a section 1 method."""
+    if method == "full":
+        return TrainPlan("full")
+    lora = LORA_ALL if method == ALL_LINEAR else LORA
+    targets = lora["targets"] if isinstance(lora["targets"], str) else ", ".join(lora["targets"])
+    return TrainPlan("qlora" if method == "qlora" else "lora", lora["rank"], targets)
+
+
+def predicted_step_flops(preset, method, batch, seq_len):
+    """Training FLOPs of one step of `method` on `preset` at B x T tokens (minigpt.budget.flops_per_token)."""
+    tokens = batch * seq_len  # LoRALinear folds B A into W0 where that is cheaper (lora.backward)
+    return flops_per_token(named_shape(preset), train_plan(method), seq_len, tokens)["train"] * tokens
 
 
 def build_model(preset, method, seed):
@@ -61,8 +86,10 @@ def build_model(preset, method, seed):
         quantize_model(model, targets=QLORA_QUANTIZED)
     if method in ("lora", "qlora"):
         apply_lora(model, **LORA)
+    elif method == ALL_LINEAR:
+        apply_lora(model, **LORA_ALL)
     elif method != "full":
-        raise ValueError(f"method={method!r}: choose 'full', 'lora' or 'qlora'")
+        raise ValueError(f"method={method!r}: choose one of {list(TIMED)}")
     return model.train()
 
 
@@ -131,16 +158,20 @@ def train_memory_job(preset, method, batch, seq_len, threads, seed, steps=3):
 
 
 def train_timing_job(preset, batch, seq_len, threads, warmup, repeats, seed):
-    """Subprocess job of section 1: step times of full, LoRA and QLoRA on one model, timed round-robin."""
+    """Subprocess job of section 1: step times of every method on one model, timed round-robin, then
+    the FLOP/s of a plain matmul at the model's MLP shape (minigpt.budget.machine.model_matmul_rate)."""
     pin_threads(threads)
     steps = {}
-    for method in METHODS:
+    for method in TIMED:
         model = build_model(preset, method, seed)
         x, y = random_batch(model.config.vocab_size, batch, seq_len, seed)
         steps[method] = make_step(model, make_optimizer(model), x, y)
     timings = time_interleaved(steps, warmup, repeats)
+    rate = model_matmul_rate(named_shape(preset), batch, seq_len)
     return dict(preset=preset, batch=batch, seq_len=seq_len, threads=torch.get_num_threads(), step=timings,
-                tokens_per_s={m: batch * seq_len / t["median"] for m, t in timings.items()})
+                tokens_per_s={m: batch * seq_len / t["median"] for m, t in timings.items()}, matmul_flops_per_s=rate,
+                flops_per_s={m: predicted_step_flops(preset, m, batch, seq_len) / t["median"]
+                             for m, t in timings.items()})
 
 
 def _ratio(a, b):
@@ -165,17 +196,44 @@ def _train_targets(label, mem, timing):
         make_target(f"{label}: QLoRA quantised weight bytes / their float32 bytes", quant,
                     f"= 4.127/32 = {NF4_BITS / 32:.4f}", quant is not None and abs(quant / (NF4_BITS / 32) - 1) < 0.005,
                     digits=4),
+        *_all_linear_targets(label, mem, timing),
     ]
+
+
+def _all_linear_targets(label, mem, timing):
+    """The all-linear LoRA's step-time ratio beside the FLOP ratio minigpt.budget predicts (reported), and
+    its gradient and optimizer bytes against its trainable fraction."""
+    if timing.get("status") != "ok":
+        return []
+    step = _ratio(timing["step"][ALL_LINEAR]["median"], timing["step"]["full"]["median"])
+    predicted = _ratio(predicted_step_flops(timing["preset"], ALL_LINEAR, timing["batch"], timing["seq_len"]),
+                       predicted_step_flops(timing["preset"], "full", timing["batch"], timing["seq_len"]))
+    out = [make_target(f"{label}: LoRA all-linear step time / full (predicted FLOPs ratio {predicted:.3f}, reported)",
+                       step, "reported", True)]
+    r, full = mem.get(ALL_LINEAR, {}), mem["full"]
+    if r.get("status") == "ok" and full.get("status") == "ok":
+        state = _ratio(r["grad_bytes"] + r["optimizer_bytes"], full["grad_bytes"] + full["optimizer_bytes"])
+        frac = r["trainable"] / full["params"]
+        out.append(make_target(f"{label}: LoRA all-linear (gradient + optimizer bytes) / full's", state,
+                               f"= trainable fraction {frac:.4f}", abs(state / frac - 1) < 0.01, digits=4))
+    return out
+
+
+def _time_cells(method, timing):
+    """step ms, IQR, tokens/s, step / full, predicted FLOPs / full, achieved GFLOP/s, matmul GFLOP/s."""
+    if timing.get("status") != "ok":
+        return [f"failed: {timing.get('error')}"] + [None] * 6
+    t, full = timing["step"][method], timing["step"]["full"]
+    shape = (timing["preset"], timing["batch"], timing["seq_len"])
+    predicted = predicted_step_flops(shape[0], method, *shape[1:]) / predicted_step_flops(shape[0], "full", *shape[1:])
+    return [ms(t["median"]), spread_ms(t), f"{timing['tokens_per_s'][method]:,.0f}", f"{t['median'] / full['median']:.2f}",
+            f"{predicted:.2f}", f"{timing['flops_per_s'][method] / 1e9:.3g}", f"{timing['matmul_flops_per_s'] / 1e9:.3g}"]
 
 
 def _train_row(label, method, mem, timing):
     """One table row: the timing columns from the timing job, the byte and memory columns from mem."""
     r, full = mem[method], mem["full"]
-    timed = timing.get("status") == "ok"
-    t = timing["step"][method] if timed else None
-    time_cells = ([ms(t["median"]), spread_ms(t), f"{timing['tokens_per_s'][method]:,.0f}",
-                   f"{t['median'] / timing['step']['full']['median']:.2f}"] if timed
-                  else [f"failed: {timing.get('error')}", None, None, None])
+    time_cells = _time_cells(method, timing)
     if r.get("status") != "ok":
         return [label, method, None] + time_cells + [f"failed: {r.get('error')}"] + [None] * 5
     state = r["grad_bytes"] + r["optimizer_bytes"]
@@ -187,7 +245,7 @@ def _train_row(label, method, mem, timing):
 
 
 def run_train_step(cfg):
-    """Section 1: full fine-tuning vs LoRA vs QLoRA: one subprocess per model times the three methods
+    """Section 1: full fine-tuning vs LoRA vs QLoRA: one subprocess per model times every method
     side by side; one subprocess per model and method reads bytes and peak memory."""
     rows, targets, results = [], [], []
     for label, preset, batch, seq_len, divisor in _train_models(cfg.quick):
@@ -195,18 +253,24 @@ def run_train_step(cfg):
         timing = run_isolated("minigpt.bench.train_step:train_timing_job",
                               dict(shape, warmup=cfg.warmup, repeats=max(3, cfg.repeats // divisor)), cfg.timeout)
         mem = {m: run_isolated("minigpt.bench.train_step:train_memory_job", dict(shape, method=m), cfg.timeout)
-               for m in METHODS}
+               for m in TIMED}
         results.append(dict(label=label, timing=timing, memory=mem))
-        rows += [_train_row(label, m, mem, timing) for m in METHODS]
+        rows += [_train_row(label, m, mem, timing) for m in TIMED]
         targets += _train_targets(label, mem, timing)
     starts = [r["start_rss_bytes"] for res in results for r in res["memory"].values() if r.get("status") == "ok"]
-    headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full", "grads",
+    headers = ["model", "method", "trainable", "step ms", "IQR ms", "tokens/s", "step / full",
+               "predicted FLOPs / full", "achieved GFLOP/s", "matmul GFLOP/s", "grads",
                "optimizer state", "(grads+state) / full", "weights", "peak RSS MiB", "training peak MiB"]
     shapes = ", ".join(f"{label} (B={b}, T={t})" for label, _, b, t, _ in _train_models(cfg.quick))
     notes = [f"models and batches: {shapes}; LoRA rank {LORA['rank']}, alpha {LORA['alpha']} on {LORA['targets']}; "
              f"QLoRA: {QLORA_QUANTIZED} quantised to NF4 with double quantisation, same adapters; a step is "
              "forward, backward, clip_grad_norm_(1.0), AdamW (minigpt.optim.configure_optimizer), zero_grad.",
-             "step times: the three methods in one process, timed round-robin. Bytes are read from the tensors "
+             f"{ALL_LINEAR}: LoRA rank {LORA_ALL['rank']} on every linear layer of the blocks (the fine-tune's "
+             "default). predicted FLOPs / full: minigpt.budget.flops_per_token's training FLOPs; achieved GFLOP/s: "
+             "those FLOPs over the measured median step; matmul GFLOP/s: a float32 (B·T, C) @ (C, 4C) product "
+             "timed in the same process (minigpt.budget.machine.model_matmul_rate). A step also runs norms, GELU, "
+             "softmax and AdamW, which the FLOPs leave out, so the achieved rate sits below the matmul's.",
+             "step times: every method in one process, timed round-robin. Bytes are read from the tensors "
              "(p.grad, optimizer.state, parameters and buffers), each method in a process of its own. Peak RSS: "
              "that process's resident high-water mark (VmHWM) over its life; training peak: the same counter "
              "restarted once the model is built and freed memory is returned to the OS (QLoRA builds a float "

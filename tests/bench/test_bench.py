@@ -64,9 +64,28 @@ def test_train_step_section_has_every_method_and_figure(quick_run):
                       "trainable", "params"):
             assert r[field] > 0, field
         assert r["training_peak_rss_bytes"] is None or 0 < r["training_peak_rss_bytes"] <= r["process_peak_rss_bytes"]
-    assert {t["name"].split(": ", 1)[1] for t in data["sections"]["train_step"]["targets"]} == {
-        "LoRA step time / full step time", "LoRA (gradient + optimizer bytes) / full's",
-        "QLoRA quantised weight bytes / their float32 bytes"}
+    names = {t["name"].split(": ", 1)[1].split(" (predicted")[0] for t in data["sections"]["train_step"]["targets"]}
+    assert names == {"LoRA step time / full step time", "LoRA (gradient + optimizer bytes) / full's",
+                     "QLoRA quantised weight bytes / their float32 bytes", "LoRA all-linear step time / full",
+                     "LoRA all-linear (gradient + optimizer bytes) / full's"}
+
+
+def test_train_step_rows_put_predicted_flops_beside_measured_times(quick_run):
+    from minigpt.bench.train_step import ALL_LINEAR, TIMED, predicted_step_flops
+
+    data, _ = quick_run
+    (model,) = _results(data, "train_step")
+    timing = model["timing"]
+    assert set(timing["step"]) == set(TIMED) and timing["matmul_flops_per_s"] > 0
+    for method in TIMED:  # achieved FLOP/s = the calculator's FLOPs over the measured median
+        flops = predicted_step_flops(timing["preset"], method, timing["batch"], timing["seq_len"])
+        assert timing["flops_per_s"][method] * timing["step"][method]["median"] == pytest.approx(flops)
+    # all-linear LoRA trains every block linear's adapters: 4 layers x 2 blocks x 8 (d_in + d_out) for the test preset
+    assert model["memory"][ALL_LINEAR]["trainable"] == 2 * 8 * (16 + 48 + 16 + 16 + 16 + 64 + 64 + 16)
+    (table,) = data["sections"]["train_step"]["tables"]
+    rows = {row[1]: dict(zip(table["headers"], row, strict=True)) for row in table["rows"]}
+    assert float(rows["full"]["predicted FLOPs / full"]) == 1.0
+    assert float(rows["lora"]["predicted FLOPs / full"]) < 1.0 < float(rows[ALL_LINEAR]["predicted FLOPs / full"])
 
 
 def test_gradients_exist_only_for_trainable_parameters(quick_run):

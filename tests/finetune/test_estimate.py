@@ -1,5 +1,6 @@
 """The fine-tune's header: what runs, where, on how many threads, and a calibrated time estimate."""
 
+import pytest
 import torch
 
 from minigpt.finetune import FinetuneConfig
@@ -32,7 +33,7 @@ def test_header_names_method_device_threads_and_estimate(tmp_path):
     assert "on tiny Shakespeare" in line and f"on cpu, threads: {threads_header(cfg.threads)};" in line
     (tmp_path / "play.txt").write_text("ROMEO: good night\n" * 50, encoding="utf-8")  # validate checks it exists
     assert "on play.txt:" in describe_run(_cfg(tmp_path, data=str(tmp_path / "play.txt")), {**dict.fromkeys(
-        ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3 min" in line and "estimate" in line
+        ("pretrain", "finetune", "total"), 1.0), "cached": True}) and "about 3.0 min" in line and "estimate" in line
 
 
 def test_calibration_of_a_deep_model_extrapolates_from_two_blocks():
@@ -48,3 +49,29 @@ def test_compare_header_pretrains_once_and_names_every_run(tmp_path):
     line = describe_compare(cfg, times)
     assert "\n" not in line and "7 fine-tuning runs" in line and "lora-r2" in line and "dora-r8" in line and "pissa-r8" in line and "lora-r64" not in line
     assert "scratch" in line and "threads" in line
+
+
+def test_evaluation_count_matches_the_trainers_schedule():
+    from minigpt.finetune.estimate import evaluations
+    from minigpt.model import GPT
+    from minigpt.trainer import TrainConfig, train
+
+    data = torch.randint(64, (400,))
+    for steps, interval in ((5, 2), (4, 2), (3, 0)):
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=steps, batch_size=2, block_size=8, eval_interval=interval, eval_batches=1,
+                          device="cpu", progress=False)
+        result = train(GPT(GPTConfig.from_preset("test")), data, data, cfg)
+        assert len(result.val_losses) == evaluations(steps, interval)
+
+
+def test_estimate_is_the_runs_flops_over_the_calibrated_rate(tmp_path):
+    from minigpt.finetune.base_model import base_config
+    from minigpt.finetune.config import recipe_of, validate
+    from minigpt.finetune.estimate import evaluations, run_flops, run_plan
+
+    cfg = validate(_cfg(tmp_path, base="scratch", method="full", base_corpus=None))
+    times = estimate(cfg)
+    _, flops = run_flops(base_config(cfg.base, recipe_of(cfg)), run_plan(cfg), cfg.steps,
+                         cfg.batch_size, cfg.block_size, evaluations(cfg.steps, cfg.eval_interval), cfg.eval_batches)
+    assert times["finetune"] * times["rate"] == pytest.approx(flops)
