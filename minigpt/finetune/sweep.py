@@ -25,6 +25,7 @@ from minigpt.finetune.config import FinetuneConfig, recipe_of, validate
 from minigpt.finetune.pipeline import load_data, prepare_model, train_config
 from minigpt.trainer import train
 
+BASE_FIELDS = ("base", "base_corpus", "base_preset", "base_steps", "data", "cache_dir")  # fixed per sweep
 VAL = "val"  # the name of tiny Shakespeare's validation loss in SweepRun.losses
 
 
@@ -76,22 +77,27 @@ class SweepRun:
 class Sweep:
     """One base and its data, loaded once; fine-tunes trained on demand and kept by configuration.
 
+    Every run fine-tunes the base of the sweep's cfg: run() may change any field but those that choose
+    the base or the data (BASE_FIELDS), and a run's seed sets its LoRA init and batches only (a
+    FinetuneConfig's seed also names the tiny base's pretraining seed; here the base stays the sweep's).
+
     Args:
         cfg: the FinetuneConfig every run starts from (run() replaces some of its fields); its base,
             base recipe and data are loaded here. Nothing is ever written: no run folder, no checkpoint.
         extra: {name: (K,) token ids} more texts to measure every trained model on (e.g. the base's own
             held-out corpus, to see what fine-tuning forgets), with the runs' evaluation batches.
+        data: (train ids (N,), val ids (M,)) already loaded by minigpt.finetune.load_data; None loads them.
     Raises:
         ValueError: a bad cfg (validate's messages).
     """
 
-    def __init__(self, cfg, extra=None):
+    def __init__(self, cfg, extra=None, data=None):
         self.cfg = dataclasses.replace(cfg, progress=False, overwrite=True)  # overwrite: no --out check, nothing written
         first = validate(self.cfg)
         self.device = pick_device(first.device)
         self.base, self.base_info = load_base(first.base, recipe_of(first), first.device, first.cache_dir, False)
         self.base.to(self.device)
-        self.train_ids, self.val_ids = load_data(first, base_tokenizer(first.base))
+        self.train_ids, self.val_ids = load_data(first, base_tokenizer(first.base)) if data is None else data
         self.extra = dict(extra or {})
         self.runs = {}  # key -> SweepRun
 
@@ -113,8 +119,12 @@ class Sweep:
         """The SweepRun of the sweep's cfg with `changes` (FinetuneConfig fields), trained now or kept from before.
 
         Raises:
-            ValueError: a bad field or value (validate's messages), or lora_plus_ratio with method="full".
+            ValueError: a bad field or value (validate's messages), a field of BASE_FIELDS, or
+                lora_plus_ratio with method="full".
         """
+        fixed = sorted(set(changes) & set(BASE_FIELDS))
+        if fixed:
+            raise ValueError(f"{fixed}: a sweep fine-tunes one base on one data set; start another Sweep to change them")
         cfg = self.config(**changes)
         key = (tuple(sorted(dataclasses.asdict(cfg).items())), lora_plus_ratio)
         if key not in self.runs:

@@ -59,6 +59,13 @@ def test_lora_plus_ratio_one_is_plain_lora_and_a_larger_ratio_is_not(sweep):
     assert abs(sixteen.val_loss - plain.val_loss) > 1e-3
 
 
+def test_a_run_of_another_seed_fine_tunes_the_same_base(sweep):
+    other = sweep.run(seed=7)
+    # step 0 is the sweep's base, measured on seed 7's evaluation batches
+    assert other.cfg.seed == 7 and other.result.val_losses[0][1] == pytest.approx(sweep.losses(sweep.base, other.cfg)["val"])
+    assert other.val_loss != sweep.run().val_loss
+
+
 def test_nothing_is_written(sweep):
     sweep.run(rank=1)
     assert not pathlib.Path(sweep.cfg.out).exists()
@@ -68,6 +75,7 @@ def test_nothing_is_written(sweep):
     (dict(method="full", lora_plus_ratio=4.0), "method='full' has no B"),
     (dict(rank=0), "rank"),
     (dict(lora_plus_ratio=-1.0), "ratio"),
+    (dict(base_steps=30), "one base"),
 ])
 def test_bad_runs_raise_naming_the_value(sweep, changes, match):
     with pytest.raises(ValueError, match=match):
