@@ -18,6 +18,7 @@ import re
 import torch
 import torch.nn as nn
 
+from lora.backward import lora_linear
 from lora.dora import dora_forward, dora_magnitude_init, dora_unmerge_weight, dora_weight, weight_norm
 
 
@@ -111,6 +112,19 @@ class LoRAAdapter(nn.Module):
         A, B = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
         h = (self.dropout(x) @ A.T) * self.scaling  # (..., d_in) -> (..., r)
         return h @ B.T                               # (..., r) -> (..., d_out)
+
+    def runs_fused(self, x, weight):
+        """True when fused_output applies: a plain (not DoRA) adapter, x, W0, A and B in one dtype, and
+        no autocast on x's device (autocast would change dtypes inside the product)."""
+        return (not self.use_dora and x.dtype == weight.dtype == self.lora_A.dtype == self.lora_B.dtype
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def fused_output(self, x, weight, bias):
+        """(..., d_in) -> (..., d_out): the whole layer, x W0ᵀ + b + s · dropout(x) Aᵀ Bᵀ, in one
+        autograd node with LoRA's hand-written backward (lora.backward). Dropout stays a separate op on
+        the adapter's input, so autograd carries its mask."""
+        dropped = None if isinstance(self.dropout, nn.Identity) or not self.training else self.dropout(x)
+        return lora_linear(x, weight, bias, self.lora_A, self.lora_B, self.scaling, dropped)
 
     # DoRA: every formula is in lora.dora; these methods pass it this adapter's tensors
     @torch.no_grad()

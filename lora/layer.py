@@ -92,10 +92,19 @@ class LoRALinear(LoRALayer):
         super().set_active(names)
 
     def forward(self, x):
-        """(..., d_in) -> (..., d_out): base(x) + Σ_active (α / r) · dropout(x) Aᵀ Bᵀ (see LoRAAdapter.forward)."""
-        out = self.base(x)
+        """(..., d_in) -> (..., d_out): base(x) + Σ_active (α / r) · dropout(x) Aᵀ Bᵀ (see LoRAAdapter.forward).
+
+        One plain adapter on an nn.Linear base, all in x's dtype and outside autocast (the fine-tune
+        job's case), runs through lora.backward.lora_linear: the same h, with a hand-written backward
+        that is faster on a CPU than autograd's. Every other case adds each adapter's output to base(x).
+        """
         if self.merged or self.disabled:  # merged: ΔW already sits in base.weight
-            return out
+            return self.base(x)
+        if len(self.active_adapters) == 1:
+            adapter = self.adapters[self.active_adapters[0]]
+            if isinstance(self.base, nn.Linear) and adapter.runs_fused(x, self.base.weight):
+                return adapter.fused_output(x, self.base.weight, self.base.bias)
+        out = self.base(x)
         for name in self.active_adapters:
             adapter = self.adapters[name]
             if adapter.use_dora:  # the only active adapter (set_active): out is base(x) here
