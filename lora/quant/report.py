@@ -17,7 +17,8 @@ import math
 import torch
 
 from lora.quant.double_quant import DQ_BLOCKSIZE, double_quant_scheme_errors, num_dq_blocks, roundtrip_constants
-from lora.quant.nf4 import block_absmax, dequantize_nf4, quantize_nf4
+from lora.quant.fp4_int4 import int4_roundtrip
+from lora.quant.nf4 import dequantize_nf4, quantize_nf4
 
 GIB = 2**30
 
@@ -83,13 +84,9 @@ def int4_absmax_roundtrip(weight, blocksize=64):
     """The baseline NF4 beats: ŵ = round(7·w/absmax)/7 · absmax, 15 evenly spaced levels per block.
 
     Symmetric, so -8 is unused: the grid has an exact zero and is the mirror of itself, like NF4's ends.
+    The round trip itself is lora.quant.fp4_int4.int4_roundtrip, beside QLoRA's other baseline, FP4.
     """
-    flat = weight.detach().reshape(-1).float()
-    pad = (-flat.numel()) % blocksize
-    blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, blocksize)  # (nb, bs)
-    absmax = block_absmax(weight, blocksize).clamp(min=1e-38)[:, None]
-    out = torch.round(blocks / absmax * 7) / 7 * absmax
-    return out.reshape(-1)[: flat.numel()].reshape(weight.shape)
+    return int4_roundtrip(weight, blocksize)
 
 
 def _rmse(a, b):

@@ -33,6 +33,7 @@ from minigpt.trainer import TrainConfig, train
 
 TINY, SCRATCH = "tiny", "scratch"
 KEY_VERSION = 1  # bump when the recipe below changes in a way the key does not capture
+PRETRAIN_FRACTION = 0.95  # the first 95% of the corpus is pretrained on; the rest only measures the base
 
 
 @dataclasses.dataclass
@@ -93,7 +94,7 @@ def cache_key(corpus_sha256, config, recipe):
 def pretrain(text, config, recipe, device="auto", progress=True):
     """A fresh GPT(config) trained on `text` (bytes) by `recipe`; returns (model, TrainResult)."""
     ids = encode_text(get_tokenizer("byte"), text)
-    train_ids, val_ids = split_train_val(ids, 0.95)  # a small held-out part, only to report the base's loss
+    train_ids, val_ids = split_train_val(ids, PRETRAIN_FRACTION)  # a small held-out part, only to report the base's loss
     if len(val_ids) <= config.block_size:  # a short corpus: report the loss on the training text
         val_ids = train_ids
     torch.manual_seed(recipe.seed)
@@ -103,6 +104,16 @@ def pretrain(text, config, recipe, device="auto", progress=True):
                       seed=recipe.seed, device=device, progress=progress, progress_desc="pretraining the tiny base")
     result = train(model, train_ids, val_ids, cfg)
     return model.cpu(), result
+
+
+def heldout_corpus_ids(recipe):
+    """The byte ids of the tiny base's corpus that pretraining never trained on: its last 5%, (M,) int64.
+
+    pretrain() measures the base's loss on them and nothing else, so after fine-tuning they tell how
+    much of what the base knew is forgotten (Biderman et al., 2024, "LoRA Learns Less and Forgets Less").
+    """
+    ids = encode_text(get_tokenizer("byte"), corpus_text(recipe))
+    return split_train_val(ids, PRETRAIN_FRACTION)[1]
 
 
 def tiny_base_folder(recipe, root=None, text=None):
