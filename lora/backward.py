@@ -47,8 +47,12 @@ def _rows(t):
 
 
 def adapter_input(x, A):
-    """u = x Aᵀ: (N, d_in) -> (N, r), the adapter's r numbers per position (LoRA §4.1)."""
-    return x @ A.T
+    """u = x Aᵀ: (N, d_in) -> (N, r), the adapter's r numbers per position (LoRA §4.1).
+
+    Computed as (A xᵀ)ᵀ, the fast orientation for small r (module docstring); the result is a
+    transposed (N, r) view of an (r, N) matrix, which is the layout ∂L/∂B = s (uᵀ g)ᵀ reads.
+    """
+    return (A @ x.T).T  # (r, d_in) @ (d_in, N) -> (r, N), viewed as (N, r)
 
 
 def adapter_grad(grad_out, B):
