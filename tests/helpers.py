@@ -1,6 +1,7 @@
 """Helpers shared by several test modules (plain functions; fixtures live in conftest.py)."""
 
 import copy
+import random
 
 import torch
 
@@ -14,6 +15,20 @@ FAST = dict(batch_size=4, block_size=16, eval_batches=2, warmup_steps=2, lr=1e-2
 def corpus(n=3000):
     """Token ids where next token = this token + 7 (mod 64): learnable from one token of context."""
     return (torch.arange(n) * 7 % V).long()
+
+
+def words_text(seed, n_words):
+    """Seeded text of n_words words from a small play-like vocabulary, one line."""
+    rng = random.Random(seed)
+    words = "the king and queen of rome shall speak to thee my lord good night what say you".split()
+    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
+
+
+def write_fine_tune_texts(root):
+    """A base corpus and a "play" to fine-tune on in `root` (corpus.txt, play.txt); the shift is upper case."""
+    (root / "corpus.txt").write_text(words_text(0, 3000), encoding="utf-8")
+    (root / "play.txt").write_text(words_text(1, 6000).upper(), encoding="utf-8")
+    return root
 
 
 def tiny_gpt(seed=0, **overrides):

@@ -52,7 +52,7 @@ class FinetuneConfig:
     lr: float | None = None       # peak learning rate; None = DEFAULT_LR[method] (SCRATCH_LR for scratch)
     device: str = "auto"          # auto | cpu | cuda | mps
     compile: bool = False         # torch.compile the model for training
-    out: str | None = None        # output folder; None = runs/finetune-<method>
+    out: str | None = None        # output folder; None = runs/finetune-<method> (default_out)
     resume: bool = False          # continue the interrupted run in --out
     overwrite: bool = False       # replace a run of another configuration in --out
     seed: int = 1337              # batches, LoRA init, sampling
@@ -159,6 +159,15 @@ def _check_untied(skeleton, chosen, cfg):
                              "model could not be saved and QLoRA cannot quantise it. Leave it out of --targets")
 
 
+def default_out(cfg):
+    """runs/finetune-<method>, and runs/finetune-<method>-impl-<name> for a run on the exercises' code
+    (`--impl mine`: runs/finetune-lora-impl-mine), so that it never meets the library's own run."""
+    name = f"finetune-{cfg.method}"
+    if cfg.impl is not None:
+        name += "-impl-" + (os.path.basename(os.path.normpath(cfg.impl)) or "folder")
+    return os.path.join("runs", name)
+
+
 def validate(cfg):
     """Check every field of `cfg` and fill in the defaults; writes nothing.
 
@@ -175,7 +184,7 @@ def validate(cfg):
     lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if cfg.base == SCRATCH else DEFAULT_LR[cfg.method])
     cfg = dataclasses.replace(
         cfg, lr=float(lr), alpha=float(cfg.alpha), block_size=cfg.block_size or min(128, config.block_size),
-        out=cfg.out if cfg.out is not None else os.path.join("runs", f"finetune-{cfg.method}"))
+        out=cfg.out if cfg.out is not None else default_out(cfg))
     cfg.__dict__["lora"] = lora  # cached_property's slot: the new config carries the checked LoraConfig, not a rebuild
     pick_device(cfg.device)  # cuda or mps asked for but absent -> ValueError
     check_out_dir(cfg)

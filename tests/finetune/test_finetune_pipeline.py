@@ -3,11 +3,11 @@
 import dataclasses
 import json
 import pathlib
-import random
 
 import pytest
 import torch
 
+from helpers import write_fine_tune_texts
 from lora import load_adapter
 from lora.inject import apply_lora
 from minigpt.checkpoint import read_checkpoint
@@ -24,17 +24,11 @@ from minigpt.sources import load_model
 METHODS = ("full", "lora", "qlora")
 
 
-def _text(seed, n_words):
-    rng = random.Random(seed)
-    words = "the king and queen of rome shall speak to thee my lord good night what say you".split()
-    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    (root / "corpus.txt").write_text(_text(0, 3000), encoding="utf-8")
-    (root / "play.txt").write_text(_text(1, 6000).upper(), encoding="utf-8")  # the shift: upper case
+    write_fine_tune_texts(root)
     return root
 
 

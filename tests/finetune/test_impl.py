@@ -5,13 +5,14 @@ solution must stop before anything is built, naming the function and the grader'
 """
 
 import dataclasses
+import os
 import pathlib
-import random
 import shutil
 
 import pytest
 import torch
 
+from helpers import write_fine_tune_texts
 from lora import LoRALinear
 from minigpt.finetune import FinetuneConfig, run_finetune
 from minigpt.finetune.__main__ import main
@@ -23,17 +24,11 @@ from minigpt.finetune.pipeline import prepare_model
 SKELETONS = pathlib.Path(__file__).resolve().parents[2] / "notebooks" / "exercises"
 
 
-def _text(seed, n_words):
-    rng = random.Random(seed)
-    words = "the king and queen of rome shall speak to thee my lord good night what say you".split()
-    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("impl")
-    (root / "corpus.txt").write_text(_text(0, 3000), encoding="utf-8")
-    (root / "play.txt").write_text(_text(1, 6000).upper(), encoding="utf-8")
+    write_fine_tune_texts(root)
     return root
 
 
@@ -151,3 +146,13 @@ def test_settings_the_exercises_cannot_run_are_refused(files, change, match):
     with pytest.raises(ValueError, match=match):
         run_finetune(cfg)
     assert not (files / "refused").exists()
+
+
+def test_an_impl_run_has_its_own_default_folder_beside_the_librarys_run():
+    # `python -m minigpt.finetune` then `--impl mine`, as the course prints them, must not meet one folder
+    from minigpt.finetune import FinetuneConfig
+    from minigpt.finetune.config import default_out
+    assert default_out(FinetuneConfig()) == os.path.join("runs", "finetune-lora")
+    assert default_out(FinetuneConfig(impl="mine")) == os.path.join("runs", "finetune-lora-impl-mine")
+    assert default_out(FinetuneConfig(impl="submissions/ada/", method="qlora")) == os.path.join(
+        "runs", "finetune-qlora-impl-ada")

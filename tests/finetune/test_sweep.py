@@ -1,11 +1,11 @@
 """In-memory sweeps (minigpt/finetune/sweep.py) on a 2-layer 16-wide byte model pretrained for a few steps."""
 
 import pathlib
-import random
 
 import pytest
 import torch
 
+from helpers import words_text, write_fine_tune_texts
 from minigpt.data import encode_text, split_train_val
 from minigpt.finetune import FinetuneConfig
 from minigpt.finetune.base_model import PRETRAIN_FRACTION, heldout_corpus_ids
@@ -14,17 +14,10 @@ from minigpt.finetune.sweep import Sweep
 from minigpt.tokenizer import get_tokenizer
 
 
-def _text(seed, n_words):
-    rng = random.Random(seed)
-    words = "the king and queen of rome shall speak to thee my lord good night what say you".split()
-    return " ".join(rng.choice(words) for _ in range(n_words)) + "\n"
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    (root / "corpus.txt").write_text(_text(0, 3000), encoding="utf-8")
-    (root / "play.txt").write_text(_text(1, 6000).upper(), encoding="utf-8")
+    write_fine_tune_texts(root)
     cfg = FinetuneConfig(base_corpus=str(root / "corpus.txt"), base_preset="test", base_steps=60, lr=1e-2,
                          data=str(root / "play.txt"), cache_dir=str(root / "cache"), out=str(root / "never"),
                          rank=4, steps=12, batch_size=4, block_size=16, eval_interval=12, eval_batches=3, device="cpu")
@@ -84,7 +77,7 @@ def test_bad_runs_raise_naming_the_value(sweep, changes, match):
 
 def test_heldout_corpus_is_the_tail_pretraining_never_trained_on(tmp_path):
     path = tmp_path / "c.txt"
-    path.write_text(_text(2, 500), encoding="utf-8")
+    path.write_text(words_text(2, 500), encoding="utf-8")
     recipe = recipe_of(FinetuneConfig(base_corpus=str(path)))
     ids = encode_text(get_tokenizer("byte"), path.read_text(encoding="utf-8"))
     held = heldout_corpus_ids(recipe)
