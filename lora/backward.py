@@ -24,7 +24,7 @@ runs at a tenth of the rate of Bᵀ gᵀ, (r, d_out) @ (d_out, N): the same numb
 transposed. Measured on the tiny model's shapes (N = 2048, d = 128 → 384, one thread): 0.93 ms
 against 0.22 ms, and 1.7 ms against 0.21 ms for gᵀ u against (uᵀ g)ᵀ. With those orientations, a
 fused add (addmm) and u kept from the forward, a LoRA training step of the fine-tune job becomes
-faster than full fine-tuning's instead of slower (docs/results.md, benchmark section 1).
+faster than full fine-tuning's instead of slower (notebook 04 §4; `python -m minigpt.bench --sections 1`).
 
 Dropout on the adapter's input (LoRA §4.1 leaves it out; loralib and PEFT apply it to x before A)
 enters as a second input, x_lora = dropout(x): the base sees x, the adapter x_lora, and autograd
