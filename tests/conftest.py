@@ -1,6 +1,8 @@
 """Fixtures for the whole test suite, and the exercise grader's options and hooks (tests/exercise_grading.py,
 docs/exercises.md)."""
 
+import signal
+
 import pytest
 import torch
 
@@ -37,3 +39,12 @@ def one_thread():
 def seed():
     """Every test starts from torch.manual_seed(0): one seed for the whole suite, so any test can be run alone."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT raises KeyboardInterrupt, as in any Python program, whatever the test runner inherited: a
+    process started in the background (`cmd &` in a script) begins with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -91,12 +91,7 @@ class FullDisk(InterruptingWrites):
         return super().write(data)
 
 
-@pytest.fixture(autouse=True)
-def python_sigint_handler():
-    """SIGINT raises KeyboardInterrupt, as in any Python program (whatever the test runner installed)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+pytestmark = pytest.mark.usefixtures("python_sigint_handler")  # conftest.py: Ctrl-C raises KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_staged_writes_rename_everything_or_nothing(tmp_path):
     assert tree(tmp_path) == {"a": b"new a", "d": None, "d/x": b"x"}
 
 
-def test_ctrl_c_during_the_renames_arrives_after_all_of_them(tmp_path, monkeypatch):
+def test_ctrl_c_during_the_renames_arrives_after_all_of_them(tmp_path, monkeypatch, python_sigint_handler):
     renamed = []
     real_replace = os.replace
 
