@@ -2,10 +2,11 @@
 
 The same model is trained on the same batch three ways: full fine-tuning (every weight trained), LoRA
 (base frozen, rank-r adapters on c_attn trained; "lora all-linear": on every linear layer of the blocks,
-the fine-tune's default) and QLoRA (every linear weight stored in NF4, the adapters trained in float32).
+the fine-tune's default) and QLoRA (every linear weight stored in NF4, the adapters trained in float32),
+beside a "frozen" floor that trains no weight at all (where a LoRA step's time goes: freeze_all_but_first_bias).
 Beside each measured step-time ratio stands the ratio minigpt.budget predicts from FLOPs, and beside
 each step's achieved FLOP/s (the calculator's FLOPs over the measured time) the rate of a plain matmul
-at the model's MLP shape, timed in the same process. Step times come from one subprocess that holds all three and times them
+at the model's MLP shape, timed in the same process. Step times come from one subprocess that holds every method and times them
 round-robin, so the ratios are measured side by side; bytes and peak memory come from one subprocess
 per method (see minigpt.bench.harness.run_isolated), so each peak is that method's own.
 
@@ -50,7 +51,8 @@ LORA_ALL = dict(LORA, targets="all-linear")         # the fine-tune's default: e
 QLORA_QUANTIZED = "all-linear"                      # QLoRA quantises every linear layer but the (tied) output head
 METHODS = ("full", "lora", "qlora")
 ALL_LINEAR = "lora all-linear"
-TIMED = (*METHODS, ALL_LINEAR)                       # every method, timed side by side
+FROZEN = "frozen"                                    # no weight gradient at all: the floor of any adapter method
+TIMED = (*METHODS, ALL_LINEAR, FROZEN)               # every method, timed side by side
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)             # QLoRA §3: 4-bit codes, 8-bit absmax per 64, fp32 per 256 absmax
 
 
@@ -73,9 +75,13 @@ def train_plan(method):
 
 
 def predicted_step_flops(preset, method, batch, seq_len):
-    """Training FLOPs of one step of `method` on `preset` at B x T tokens (minigpt.budget.flops_per_token)."""
+    """Training FLOPs of one step of `method` on `preset` at B x T tokens (minigpt.budget.flops_per_token).
+
+    FROZEN's are the all-linear LoRA step's without the adapters' own products: the same forward, the
+    same input gradients, no weight gradient."""
     tokens = batch * seq_len  # LoRALinear folds B A into W0 where that is cheaper (lora.backward)
-    return flops_per_token(named_shape(preset), train_plan(method), seq_len, tokens)["train"] * tokens
+    flops = flops_per_token(named_shape(preset), train_plan(ALL_LINEAR if method == FROZEN else method), seq_len, tokens)
+    return (flops["train"] - (flops["lora"] if method == FROZEN else 0)) * tokens
 
 
 def build_model(preset, method, seed):
@@ -88,9 +94,24 @@ def build_model(preset, method, seed):
         apply_lora(model, **LORA)
     elif method == ALL_LINEAR:
         apply_lora(model, **LORA_ALL)
+    elif method == FROZEN:
+        freeze_all_but_first_bias(model)
     elif method != "full":
         raise ValueError(f"method={method!r}: choose one of {list(TIMED)}")
     return model.train()
+
+
+def freeze_all_but_first_bias(model):
+    """FROZEN: every parameter frozen but the first block's c_attn bias, so that a step runs the forward
+    and the input gradients the all-linear LoRA step runs (down to the first block's c_attn output, as
+    there, where nothing below needs a gradient) and not one weight gradient. No adapter method can be
+    faster: LoRA's step is this one plus the adapters' own products (lora.backward), full fine-tuning's
+    this one plus every gᵀx. The one trained bias costs a sum over positions."""
+    model.requires_grad_(False)
+    bias = model.transformer.h[0].attn.c_attn.bias
+    if bias is None:
+        raise ValueError("the frozen floor needs a model with biases (GPTConfig.bias=True)")
+    bias.requires_grad_(True)
 
 
 def random_batch(vocab_size, batch, seq_len, seed):
@@ -209,7 +230,7 @@ def _all_linear_targets(label, mem, timing):
     predicted = _ratio(predicted_step_flops(timing["preset"], ALL_LINEAR, timing["batch"], timing["seq_len"]),
                        predicted_step_flops(timing["preset"], "full", timing["batch"], timing["seq_len"]))
     out = [make_target(f"{label}: LoRA all-linear step time / full (predicted FLOPs ratio {predicted:.3f}, reported)",
-                       step, "reported", True)]
+                       step, "reported", True), *_floor_targets(label, timing)]
     r, full = mem.get(ALL_LINEAR, {}), mem["full"]
     if r.get("status") == "ok" and full.get("status") == "ok":
         state = _ratio(r["grad_bytes"] + r["optimizer_bytes"], full["grad_bytes"] + full["optimizer_bytes"])
@@ -217,6 +238,19 @@ def _all_linear_targets(label, mem, timing):
         out.append(make_target(f"{label}: LoRA all-linear (gradient + optimizer bytes) / full's", state,
                                f"= trainable fraction {frac:.4f}", abs(state / frac - 1) < 0.01, digits=4))
     return out
+
+
+def _floor_targets(label, timing):
+    """Where the all-linear LoRA step's time goes, from the frozen floor F (no weight gradient at all):
+    full = F + W (every gᵀx and its optimizer update), LoRA = F + E (the adapters' own products), so
+    LoRA / full = (F + E) / (F + W). Reported: E / W says how much of the skipped work LoRA spends
+    again, F / full how close to full's time any adapter method must stay."""
+    t = {m: timing["step"][m]["median"] for m in ("full", ALL_LINEAR, FROZEN)}
+    weight_grads, own = t["full"] - t[FROZEN], t[ALL_LINEAR] - t[FROZEN]
+    return [make_target(f"{label}: frozen floor step time / full (no weight gradient at all, reported)",
+                        _ratio(t[FROZEN], t["full"]), "reported", True),
+            make_target(f"{label}: LoRA all-linear's own time / the weight gradients' time, (lora - frozen) / "
+                        "(full - frozen) (reported)", _ratio(own, weight_grads), "reported", True)]
 
 
 def _time_cells(method, timing):
@@ -270,6 +304,10 @@ def run_train_step(cfg):
              "those FLOPs over the measured median step; matmul GFLOP/s: a float32 (B·T, C) @ (C, 4C) product "
              "timed in the same process (minigpt.budget.machine.model_matmul_rate). A step also runs norms, GELU, "
              "softmax and AdamW, which the FLOPs leave out, so the achieved rate sits below the matmul's.",
+             f"{FROZEN}: every weight frozen (one bias of the first block trained, so the backward runs): the "
+             "forward and the input gradients of the LoRA step without the adapters and without one weight "
+             "gradient, the floor no adapter method beats. full - frozen is what the weight gradients cost, "
+             f"{ALL_LINEAR} - frozen what the adapters' own products cost (lora.backward).",
              "step times: every method in one process, timed round-robin. Bytes are read from the tensors "
              "(p.grad, optimizer.state, parameters and buffers), each method in a process of its own. Peak RSS: "
              "that process's resident high-water mark (VmHWM) over its life; training peak: the same counter "

@@ -67,7 +67,9 @@ def test_train_step_section_has_every_method_and_figure(quick_run):
     names = {t["name"].split(": ", 1)[1].split(" (predicted")[0] for t in data["sections"]["train_step"]["targets"]}
     assert names == {"LoRA step time / full step time", "LoRA (gradient + optimizer bytes) / full's",
                      "QLoRA quantised weight bytes / their float32 bytes", "LoRA all-linear step time / full",
-                     "LoRA all-linear (gradient + optimizer bytes) / full's"}
+                     "LoRA all-linear (gradient + optimizer bytes) / full's",
+                     "frozen floor step time / full (no weight gradient at all, reported)",
+                     "LoRA all-linear's own time / the weight gradients' time, (lora - frozen) / (full - frozen) (reported)"}
 
 
 def test_train_step_rows_put_predicted_flops_beside_measured_times(quick_run):
@@ -86,6 +88,24 @@ def test_train_step_rows_put_predicted_flops_beside_measured_times(quick_run):
     rows = {row[1]: dict(zip(table["headers"], row, strict=True)) for row in table["rows"]}
     assert float(rows["full"]["predicted FLOPs / full"]) == 1.0
     assert float(rows["lora"]["predicted FLOPs / full"]) < 1.0 < float(rows[ALL_LINEAR]["predicted FLOPs / full"])
+
+
+def test_frozen_floor_computes_no_weight_gradient(quick_run):
+    from minigpt.bench.train_step import ALL_LINEAR, FROZEN, predicted_step_flops
+
+    data, _ = quick_run
+    (model,) = _results(data, "train_step")
+    frozen = model["memory"][FROZEN]
+    assert frozen["status"] == "ok", frozen.get("error")
+    # one trained tensor, the first block's c_attn bias (3C = 48 for the test preset): its gradient is the only one
+    assert frozen["trainable"] == 48 and frozen["grad_bytes"] == 4 * 48
+    timing = model["timing"]
+    shape = timing["preset"], timing["batch"], timing["seq_len"]
+    assert predicted_step_flops(shape[0], FROZEN, *shape[1:]) < predicted_step_flops(shape[0], ALL_LINEAR, *shape[1:])
+    floor = {t["name"].split(": ", 1)[1]: t["value"] for t in data["sections"]["train_step"]["targets"]}
+    t = {m: timing["step"][m]["median"] for m in ("full", ALL_LINEAR, FROZEN)}
+    assert floor["frozen floor step time / full (no weight gradient at all, reported)"] == pytest.approx(
+        t[FROZEN] / t["full"])
 
 
 def test_gradients_exist_only_for_trainable_parameters(quick_run):
